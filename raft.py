@@ -116,6 +116,7 @@ DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_MAX_DATAGRAM_BYTES = 32768  # well under UDP's 64 KiB, so one datagram
                                     # never has to be refused by the kernel
 DEFAULT_PORTS = (8000, 8001, 8002)
+DATAGRAM_HEADROOM_BYTES = 512      # an AppendEntries' fields besides its entries
 MAX_SESSIONS = 10000               # client sessions kept; least recent evicted
 MAX_ID_CHARS = 256                 # node and client ids on the wire
 
@@ -708,7 +709,7 @@ class RaftNode:
         """A peer message arrived. Stale, duplicated and reordered ones are harmless."""
         sender = message_sender(message)
         if sender not in self.members or sender == self.id:
-            self.counters["dropped: not a member"] += 1
+            self.counters["not from a member"] += 1
             return
         # [ALL-2] a higher term in any message means we are out of date:
         # adopt the term and become a follower before handling the message.
@@ -735,11 +736,16 @@ class RaftNode:
         """
         if term > self.current_term:
             self.set_term_and_vote(term, None)
-        if self.role is not Role.FOLLOWER:
-            self.logger.info("%s becomes follower (leader %s)", self.describe(), leader_id)
+        self.leader_id = leader_id
+        if self.role is Role.FOLLOWER:
+            # A follower keeps its election timer running: only hearing the
+            # leader or granting a vote resets it (see [FOL-2]). Otherwise a
+            # candidate with a stale log, raising the term again and again,
+            # could keep better candidates from ever timing out.
+            return
+        self.logger.info("%s becomes follower (leader %s)", self.describe(), leader_id)
         was_leader = self.role is Role.LEADER
         self.role = Role.FOLLOWER
-        self.leader_id = leader_id
         self.election_elapsed = 0
         self.election_timeout = self.random_election_timeout()
         if was_leader:
@@ -1013,6 +1019,10 @@ class RaftNode:
         if command is None:
             return {"ok": True, "result": None}             # a leader's no-op
         client_id, seq = command["client"], command["seq"]
+        try:
+            self.machine.check(command["op"])   # a leader logs only checked ops,
+        except ValueError as error:             # but the log is data: be sure
+            return {"ok": False, "error": str(error)}
         session = self.sessions.get(client_id)
         if session is not None and seq <= session[0]:
             # [§6.3] a duplicate in the log (a retry re-proposed by a later
@@ -1173,7 +1183,7 @@ def encode_datagram(fields: dict) -> bytes:
 def decode_datagram(data: bytes) -> dict:
     try:
         fields = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("not JSON") from None
     if type(fields) is not dict or type(fields.get("type")) is not str:
         raise ProtocolError("not a message object")
@@ -1196,7 +1206,7 @@ class NodeServer:
             election_timeout_ticks=(ms_to_ticks(election_timeout_ms[0]),
                                     ms_to_ticks(election_timeout_ms[1])),
             heartbeat_ticks=ms_to_ticks(heartbeat_ms),
-            max_append_bytes=max_datagram_bytes - 1024)
+            max_append_bytes=max_datagram_bytes - DATAGRAM_HEADROOM_BYTES)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         bind_host, port = split_address(node_id)
         try:
@@ -1275,6 +1285,16 @@ class NodeServer:
             self.inbox.put(("tick",))
 
     def own_forever(self) -> None:
+        try:
+            self.run_owner_loop()
+        except Exception:
+            # A broken invariant in the core: stop loudly rather than serve
+            # wrong answers. Everything acknowledged is already on disk.
+            self.logger.critical("internal error, stopping the node", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    def run_owner_loop(self) -> None:
         while not self.stopping.is_set():
             try:
                 batch = [self.inbox.get(timeout=0.1)]
@@ -1320,7 +1340,9 @@ class NodeServer:
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except ProtocolError as error:
-            self.node.counters[f"dropped: {error}"[:80]] += 1
+            # Counted under a fixed name: a sender must not be able to grow
+            # the table (or the status reply) with strings of its choosing.
+            self.node.counters["malformed datagram"] += 1
             self.logger.debug("dropped a datagram from %s: %s", address, error)
 
     def handle_client_request(self, fields: dict, address) -> None:
@@ -1367,14 +1389,14 @@ class NodeServer:
         self.last_seen = seen
         role, term, leader = seen
         if role is Role.LEADER:
-            text = f"{self.id} is the leader for term {term}"
+            text = f"is the leader for term {term}"
         elif leader:
-            text = f"{self.id} follows {leader} in term {term}"
+            text = f"follows {leader} in term {term}"
         else:
-            text = f"{self.id} is a {role.value} in term {term}, no leader yet"
+            text = f"is a {role.value} in term {term}, no leader yet"
         self.logger.info("%s", text)
         if self.on_change:
-            self.on_change(text)
+            self.on_change(f"{self.id} {text}")
 
 
 # ===========================================================================
@@ -1389,7 +1411,12 @@ class RaftClient:
     the request at most once and answers the retry with the first result.
     """
 
-    ATTEMPT_SECONDS = 0.5      # then try another node with the same request
+    # A silent node is retried elsewhere after FIRST_ATTEMPT_SECONDS, then
+    # after twice that, and so on up to MAX_ATTEMPT_SECONDS: a dead leader
+    # costs little, and a slow one (a loaded machine, a slow disk) is not
+    # flooded. Re-sending is always safe: the request keeps its number.
+    FIRST_ATTEMPT_SECONDS = 0.1
+    MAX_ATTEMPT_SECONDS = 1.0
 
     def __init__(self, peers: Iterable[str], timeout: float = 5.0,
                  key: bytes | None = None, client_id: str | None = None):
@@ -1447,21 +1474,23 @@ class RaftClient:
         self.seq += 1
         seq = self.seq
         fields = {"type": "ClientRequest", "client_id": self.client_id, "seq": seq, "op": op}
-        if len(encode_datagram(fields)) > DEFAULT_MAX_DATAGRAM_BYTES - 1024:
-            raise RaftError(f"command too large for one datagram "
-                            f"(limit {DEFAULT_MAX_DATAGRAM_BYTES - 1024} bytes)")
+        limit = DEFAULT_MAX_DATAGRAM_BYTES - DATAGRAM_HEADROOM_BYTES
+        if len(encode_datagram(fields)) > limit:
+            raise RaftError(f"command too large for one datagram (limit {limit} bytes)")
         deadline = time.monotonic() + self.timeout
-        rotation = 0
+        rotation = silences = 0
         last_trouble = "no node answered"
         while time.monotonic() < deadline:
             target = self.leader or self.peers[rotation % len(self.peers)]
+            attempt_seconds = min(self.MAX_ATTEMPT_SECONDS,
+                                  self.FIRST_ATTEMPT_SECONDS * 2 ** silences)
             reply = self.exchange(
                 fields, split_address(target),
-                min(deadline, time.monotonic() + self.ATTEMPT_SECONDS),
+                min(deadline, time.monotonic() + attempt_seconds),
                 lambda r: (r.get("type") == "ClientReply" and r.get("seq") == seq
                            and r.get("client_id") == self.client_id))
             if reply is None:
-                self.leader, rotation = None, rotation + 1
+                self.leader, rotation, silences = None, rotation + 1, silences + 1
                 last_trouble = f"{target} did not answer"
             elif reply.get("ok"):
                 self.leader = target
@@ -1819,7 +1848,7 @@ def node_parser() -> Parser:
                         help="milliseconds, randomized in the range")
     parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_MS, metavar="MS")
     parser.add_argument("--max-datagram", type=int, default=DEFAULT_MAX_DATAGRAM_BYTES,
-                        metavar="BYTES", help="largest datagram sent (1024-65000)")
+                        metavar="BYTES", help="largest datagram sent (2048-65000)")
     parser.add_argument("--key-file", help="cluster secret (not supported yet)")
     parser.add_argument("--log-file", help="node log (default DATA_DIR/node.log)")
     parser.add_argument("--log-level", default="INFO",
@@ -1908,8 +1937,8 @@ def main_node(argv: list[str]) -> int:
     election_timeout = parse_election_timeout(args.election_timeout)
     if args.heartbeat <= 0 or args.heartbeat >= election_timeout[0]:
         raise UsageError("--heartbeat must be positive and below the election timeout")
-    if not 1024 <= args.max_datagram <= 65000:
-        raise UsageError("--max-datagram must be between 1024 and 65000")
+    if not 2048 <= args.max_datagram <= 65000:
+        raise UsageError("--max-datagram must be between 2048 and 65000")
     data_dir = args.data_dir or os.path.join("raft-data", node_id.rpartition(":")[2])
     os.makedirs(data_dir, exist_ok=True)
     logger = setup_node_logging(node_id, args.log_file or os.path.join(data_dir, "node.log"),
