@@ -19,7 +19,8 @@ class Counters:
         self.counts = {}
 
     def check(self, op):
-        if type(op) is not list or not op or op[0] not in self.ARITY:
+        if (type(op) is not list or not op or type(op[0]) is not str
+                or op[0] not in self.ARITY):
             raise ValueError(f"unknown command {op!r}: use incr, decr, get, set or del")
         if len(op) != self.ARITY[op[0]]:
             raise ValueError(f"{op[0]} takes {self.ARITY[op[0]] - 1} argument(s)")

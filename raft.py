@@ -996,7 +996,7 @@ class RaftNode:
             return
         session = self.sessions.get(client_id)
         if session is not None and seq <= session[0]:
-            # [§6.3] already applied: the retry gets the first answer back.
+            # Already applied (see [§6.3]): the retry gets the first answer back.
             self.answer(request_id, session[1] if seq == session[0] else
                         {"ok": False, "error": f"request {seq} is older than {session[0]}"})
             return
@@ -1055,6 +1055,8 @@ class RaftNode:
         except ValueError as error:
             self.answer(request_id, {"ok": False, "error": str(error)})
             return
+        # [§6.4] the read waits for the next heartbeat round (one round serves
+        # every read queued in this cycle) and for its read index.
         self.pending_reads.append(PendingRead(request_id, op, self.read_round + 1, None))
         self.read_round_wanted = True
 
@@ -1155,6 +1157,7 @@ def persist_send_apply(node: RaftNode, send: Callable[[str, Any], None],
     Committed entries are applied, and clients answered, only after that.
     """
     messages = node.collect_messages()
+    # [PERSIST] one flush + fsync for everything written, before any send.
     node.storage.sync()
     for destination, message in messages:
         send(destination, message)
