@@ -392,7 +392,8 @@ class MemoryStorage:
         self.pending.append(("state", term, voted_for))
 
     def write_entries(self, first_index, entries):
-        self.pending.append(("entries", first_index, list(entries)))
+        if entries:
+            self.pending.append(("entries", first_index, list(entries)))
 
     def sync(self):
         for kind, a, b in self.pending:
@@ -445,12 +446,12 @@ class JsonLinesStorage:
             if not 1 <= index <= len(entries) + 1:
                 raise StorageError(self.log_path, line_number,
                                    f"index {index} leaves a gap after {len(entries)}")
+            if index > 1 and entry.term < entries[index - 2].term:
+                raise StorageError(self.log_path, line_number,
+                                   f"term {entry.term} at index {index} is older than "
+                                   f"the term before it ({entries[index - 2].term})")
             del entries[index - 1:]
             entries.append(entry)
-        for i in range(1, len(entries)):
-            if entries[i].term < entries[i - 1].term:
-                raise StorageError(self.log_path, None,
-                                   f"term goes backwards at index {i + 1}")
         self.state_file = open(self.state_path, "a", encoding="utf-8")
         self.log_file = open(self.log_path, "a", encoding="utf-8")
         self._fsync_directory()
@@ -512,6 +513,8 @@ class JsonLinesStorage:
         self.dirty.add(self.state_file)
 
     def write_entries(self, first_index, entries):
+        if not entries:
+            return
         lines = [json.dumps({"index": first_index + offset, "term": entry.term,
                              "command": entry.command}, separators=(",", ":"))
                  for offset, entry in enumerate(entries)]

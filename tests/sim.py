@@ -1,17 +1,47 @@
 """A deterministic simulated cluster on the real RaftNode core.
 
-Every node is a real raft.RaftNode on MemoryStorage, driven through the same
-raft.persist_send_apply() cycle as the UDP runtime. The network is a list of
-in-flight messages, each with a delivery tick; a seeded random.Random decides
-drops, duplicates and delays, so one seed replays exactly.
+Every node is a real raft.RaftNode on in-memory storage, driven through the
+same raft.persist_send_apply() cycle as the UDP runtime. The network is a list
+of in-flight messages, each with a delivery tick; a seeded random.Random
+decides drops, duplicates and delays (so messages also reorder), and one seed
+replays exactly.
 
-After every delivered message the checker verifies Raft's safety properties
-(paper Figure 3). A violation raises SafetyViolation with the seed, the tick,
-the property and the recent events.
+After every cycle of every node (that is, after every delivered message, tick
+and client request) the checker verifies Raft's safety properties (paper
+Figure 3), incrementally so that it stays cheap:
+
+  Election Safety       at most one leader per term
+  Leader Append-Only    a leader never overwrites or deletes its own entries
+  Log Matching          an (index, term) pair names one entry, with one
+                        predecessor term, in every log at every moment;
+                        checked once per log write
+  Leader Completeness   an entry committed in term T is in the log of every
+                        leader of a term after T; checked when a leader is
+                        first seen and when an index is first seen committed
+  State Machine Safety  no two nodes apply (or commit) different entries at
+                        the same index
+
+and two durability rules: PERSIST (no message leaves a node while it has
+unsynced writes, so a crash can never take back what a message promised), and
+the durable vote (a node's synced term never falls, and its synced vote never
+changes within a term).
+
+A violation raises SafetyViolation naming the property, the seed, the tick,
+the command that reruns the case (the test's rerun hint, or the SimCluster
+call that rebuilds it) and the recent events.
+
+crash() is a power cut. Between two cycles a node has synced everything, so
+crash(node_id, mid_cycle=True) also cuts the power inside a cycle: after the
+node has taken in its messages and a tick, before its sync has finished, so
+each file keeps only part of what was written and nothing is sent.
+
+SimClient plays raft.RaftClient: one request at a time, retries that reuse
+the sequence number, not_leader redirects, timeouts that back off.
 """
 
 import collections
 import dataclasses
+import math
 import random
 
 import raft
@@ -29,15 +59,47 @@ class Faults:
     delay: tuple = (1, 1)      # delivery delay in ticks, uniform in the range
 
 
+class SimStorage(raft.MemoryStorage):
+    """MemoryStorage that remembers the lowest log index written since the
+    checker last looked (so Log Matching is checked once per write), and can
+    crash part-way through a sync."""
+
+    def __init__(self):
+        super().__init__()
+        self.changed_from = math.inf
+
+    def write_entries(self, first_index, entries):
+        super().write_entries(first_index, entries)
+        self.changed_from = min(self.changed_from, first_index)
+
+    def crash(self, rng=None):
+        """Lose the unsynced writes. With rng, a power cut during the sync:
+        each file keeps a random prefix of its unsynced writes, the last one
+        perhaps torn to a prefix of its lines, as in the two JSON-lines files."""
+        if rng is not None:
+            states = [w for w in self.pending if w[0] == "state"]
+            logs = [w for w in self.pending if w[0] == "entries"]
+            states = states[:rng.randint(0, len(states))]
+            logs = logs[:rng.randint(0, len(logs))]
+            if logs and rng.random() < 0.5:
+                kind, first_index, entries = logs[-1]
+                logs[-1] = (kind, first_index, entries[:rng.randint(1, len(entries))])
+            self.pending = states + logs
+            self.sync()
+        super().crash()
+
+
 class SimCluster:
-    def __init__(self, size=3, seed=0, faults=None, config=None, machine=kv.KeyValueStore):
+    def __init__(self, size=3, seed=0, faults=None, config=None, machine=kv.KeyValueStore,
+                 rerun=None):
         self.seed = seed
+        self.rerun = rerun               # how to rerun this case, shown on failure
         self.rng = random.Random(seed)
         self.faults = faults or Faults()
         self.config = config or raft.Config()
         self.machine_factory = machine
         self.ids = [f"n{i + 1}" for i in range(size)]
-        self.storage = {i: raft.MemoryStorage() for i in self.ids}
+        self.storage = {i: SimStorage() for i in self.ids}
         self.nodes = {}
         self.down = set()
         self.cut = set()                 # (sender, receiver) pairs that drop
@@ -46,9 +108,16 @@ class SimCluster:
         self.now = 0
         self.events = collections.deque(maxlen=40)
         self.answers = {}
+        self.observers = []              # callables (destination, message) per delivery
+        self.delivered = collections.Counter()   # (destination, message type) -> count
         self.applied = {i: {} for i in self.ids}     # node -> {index: entry}
         self.leaders_by_term = {}
-        self.commits = {}                # index -> entry committed there
+        self.commits = {}                # index -> the entry committed there
+        self.commit_terms = {}           # index -> a term no earlier than its commit
+        self.commit_seen = {}            # node -> commit_index already checked
+        self.entry_ids = {}              # (index, term) -> (command, previous term)
+        self.applied_entries = {}        # index -> the entry applied there
+        self.leader_view = {}            # node -> (term, last_index) while it leads
         self.last_state = {}
         for node_id in self.ids:
             self.start(node_id)
@@ -60,15 +129,36 @@ class SimCluster:
                              self.config)
         self.nodes[node_id] = node
         self.applied[node_id] = {}
+        self.commit_seen[node_id] = 0
+        self.leader_view.pop(node_id, None)
+        self.storage[node_id].changed_from = 1      # check the reloaded log too
         self.down.discard(node_id)
         self.cycle(node_id)
 
-    def crash(self, node_id):
-        """Power cut: everything not yet synced is lost."""
-        self.storage[node_id].crash()
+    def crash(self, node_id, mid_cycle=False):
+        """Power cut: everything not yet synced is lost.
+
+        Between cycles a node has nothing unsynced. With mid_cycle, the power
+        goes in the middle of one: the node takes in every message on its way
+        to it and a tick, and crashes before its sync completes, so a random
+        part of what it wrote reaches the disk, and nothing is sent.
+        """
+        node = self.nodes.get(node_id)
+        if mid_cycle and node is not None:
+            mine = [m for m in self.in_flight if m[2] == node_id]
+            self.in_flight = [m for m in self.in_flight if m[2] != node_id]
+            for _when, _order, _destination, message in sorted(mine, key=lambda m: m[:2]):
+                node.step(message)
+            node.tick()
+            node.collect_messages()
+            self.log_event(f"{node_id} crashes mid-cycle ({len(mine)} messages in, "
+                           f"{len(self.storage[node_id].pending)} writes unsynced)")
+            self.storage[node_id].crash(self.rng)
+        else:
+            self.log_event(f"{node_id} crashes")
+            self.storage[node_id].crash()
         self.down.add(node_id)
         self.nodes.pop(node_id, None)
-        self.log_event(f"{node_id} crashes")
 
     def restart(self, node_id):
         self.log_event(f"{node_id} restarts")
@@ -83,6 +173,10 @@ class SimCluster:
         self.check_safety()
 
     def transmit(self, sender, destination, message):
+        storage = self.storage[sender]
+        if storage.pending:
+            self.fail("PERSIST", f"{sender} sends {type(message).__name__} with "
+                      f"{len(storage.pending)} unsynced write(s): {storage.pending[:3]}")
         if (sender, destination) in self.cut or self.rng.random() < self.faults.drop:
             return
         copies = 2 if self.rng.random() < self.faults.duplicate else 1
@@ -96,11 +190,15 @@ class SimCluster:
         for _ in range(ticks):
             self.now += 1
             due = sorted((m for m in self.in_flight if m[0] <= self.now), key=lambda m: m[:2])
-            self.in_flight = [m for m in self.in_flight if m[0] > self.now]
+            if due:
+                self.in_flight = [m for m in self.in_flight if m[0] > self.now]
             for _when, _order, destination, message in due:
                 if destination in self.nodes:
+                    self.log_event("%s <- %r", destination, message)
+                    self.delivered[destination, type(message).__name__] += 1
+                    for observe in self.observers:
+                        observe(destination, message)
                     self.nodes[destination].step(message)
-                    self.log_event(f"{destination} <- {type(message).__name__} {message}")
                     self.cycle(destination)
             for node_id in list(self.nodes):
                 self.nodes[node_id].tick()
@@ -130,48 +228,216 @@ class SimCluster:
         return max(leaders, key=lambda n: n.current_term) if leaders else None
 
     def propose(self, node_id, request_id, client_id, seq, op):
+        self.log_event(f"{node_id} <- propose {client_id}/{seq} {op}")
         self.nodes[node_id].propose(request_id, client_id, seq, op)
         self.cycle(node_id)
 
     def read(self, node_id, request_id, op):
+        self.log_event(f"{node_id} <- read {op}")
         self.nodes[node_id].read(request_id, op)
         self.cycle(node_id)
 
     # -- checking ----------------------------------------------------------------
-    def log_event(self, text):
-        self.events.append(f"t={self.now} {text}")
+    def log_event(self, text, *args):
+        """Recent events, formatted only if a failure needs them."""
+        self.events.append((self.now, text, args))
+
+    def rerun_hint(self):
+        return self.rerun or (f"sim.SimCluster(size={len(self.ids)}, seed={self.seed}, "
+                              f"faults={self.faults!r}, config={self.config!r})")
 
     def fail(self, prop, detail):
-        timeline = "\n  ".join(self.events)
+        lines = []
+        for now, text, args in self.events:
+            line = f"t={now} " + (text % args if args else text)
+            lines.append(line if len(line) <= 300 else line[:297] + "...")
+        timeline = "\n  ".join(lines)
         raise SafetyViolation(
             f"{prop} violated at tick {self.now} (seed {self.seed}): {detail}\n"
+            f"rerun: {self.rerun_hint()}\n"
             f"last events:\n  {timeline}")
 
     def record_applied(self, node):
+        # State Machine Safety: one entry per index across all nodes' applies.
         applied = self.applied[node.id]
         for index in range(len(applied) + 1, node.last_applied + 1):
-            applied[index] = node.log.entry(index)
+            entry = node.log.entry(index)
+            applied[index] = entry
+            first = self.applied_entries.setdefault(index, entry)
+            if first != entry:
+                self.fail("State Machine Safety",
+                          f"index {index}: {first} vs {entry} applied on {node.id}")
 
     def check_safety(self):
         for node in self.nodes.values():
-            # Election Safety: at most one leader per term.
-            if node.role is raft.Role.LEADER:
-                other = self.leaders_by_term.setdefault(node.current_term, node.id)
-                if other != node.id:
-                    self.fail("Election Safety",
-                              f"{other} and {node.id} both lead term {node.current_term}")
-            # Persisted term and vote never go backwards within a term.
-            storage = self.storage[node.id]
-            previous = self.last_state.get(node.id, (0, None))
-            if storage.term < previous[0] or (
-                    storage.term == previous[0] and previous[1] is not None
-                    and storage.voted_for != previous[1]):
-                self.fail("durable vote", f"{node.id} went from {previous} to "
-                          f"{(storage.term, storage.voted_for)}")
-            self.last_state[node.id] = (storage.term, storage.voted_for)
-            # State Machine Safety: one entry per index across all nodes.
-            for index, entry in self.applied[node.id].items():
-                first = self.commits.setdefault(index, entry)
-                if first != entry:
-                    self.fail("State Machine Safety",
-                              f"index {index}: {first} vs {entry} on {node.id}")
+            self.check_leader(node)
+            self.check_durable_vote(node)
+            self.check_log_matching(node)
+            self.check_commits(node)
+
+    def check_leader(self, node):
+        view = self.leader_view.get(node.id)
+        if node.role is not raft.Role.LEADER:
+            self.leader_view.pop(node.id, None)
+            return
+        term = node.current_term
+        # Election Safety: at most one leader per term.
+        other = self.leaders_by_term.setdefault(term, node.id)
+        if other != node.id:
+            self.fail("Election Safety", f"{other} and {node.id} both lead term {term}")
+        if view is not None and view[0] == term:
+            # Leader Append-Only: nothing at or below what it had was rewritten.
+            changed_from = self.storage[node.id].changed_from
+            if changed_from <= view[1]:
+                self.fail("Leader Append-Only", f"{node.id} (leader of term {term}) "
+                          f"rewrote its log from index {changed_from} (had {view[1]})")
+        else:
+            # Leader Completeness: a new leader holds every entry committed earlier.
+            for index, committed_term in self.commit_terms.items():
+                if committed_term < term:
+                    self.check_has_committed(node, index)
+        self.leader_view[node.id] = (term, node.log.last_index)
+
+    def check_has_committed(self, leader, index):
+        has = leader.log.entry(index) if leader.log.term_at(index) is not None else None
+        if has != self.commits[index]:
+            self.fail("Leader Completeness",
+                      f"{leader.id}, leader of term {leader.current_term}, lacks index "
+                      f"{index} = {self.commits[index]} committed by term "
+                      f"{self.commit_terms[index]}; it has {has}")
+
+    def check_durable_vote(self, node):
+        # Persisted term and vote never go backwards within a term.
+        storage = self.storage[node.id]
+        previous = self.last_state.get(node.id, (0, None))
+        if storage.term < previous[0] or (
+                storage.term == previous[0] and previous[1] is not None
+                and storage.voted_for != previous[1]):
+            self.fail("durable vote", f"{node.id} went from {previous} to "
+                      f"{(storage.term, storage.voted_for)}")
+        self.last_state[node.id] = (storage.term, storage.voted_for)
+
+    def check_log_matching(self, node):
+        # Log Matching, by induction: if every (index, term) pair names one
+        # command and one predecessor term everywhere, two logs that share an
+        # (index, term) pair agree on every entry up to it.
+        storage = self.storage[node.id]
+        log = node.log
+        if storage.changed_from > log.last_index:
+            storage.changed_from = math.inf
+            return
+        for index in range(storage.changed_from, log.last_index + 1):
+            entry = log.entry(index)
+            seen = (entry.command, log.term_at(index - 1))
+            known = self.entry_ids.setdefault((index, entry.term), seen)
+            if known != seen:
+                self.fail("Log Matching",
+                          f"{node.id} holds index {index} term {entry.term} as "
+                          f"(command, previous term) {seen}; elsewhere it is {known}")
+        storage.changed_from = math.inf
+
+    def check_commits(self, node):
+        seen = self.commit_seen[node.id]
+        if node.commit_index < seen or node.commit_index > node.log.last_index:
+            self.fail("commit index", f"{node.id} commit_index {node.commit_index} "
+                      f"(was {seen}, last log index {node.log.last_index})")
+        if node.commit_index == seen:
+            return
+        leaders = [n for n in self.nodes.values() if n.role is raft.Role.LEADER]
+        for index in range(seen + 1, node.commit_index + 1):
+            entry = node.log.entry(index)
+            first = self.commits.setdefault(index, entry)
+            if first != entry:
+                self.fail("State Machine Safety",
+                          f"index {index} committed as {first}, but {node.id} commits {entry}")
+            # The node's term bounds the term the entry was committed in from
+            # above; checking only leaders of later terms keeps this sound.
+            term = min(self.commit_terms.get(index, math.inf), node.current_term)
+            self.commit_terms[index] = term
+            for leader in leaders:
+                if leader.current_term > term:
+                    self.check_has_committed(leader, index)
+        self.commit_seen[node.id] = node.commit_index
+
+
+class SimClient:
+    """A client in the simulation that behaves like raft.RaftClient: one
+    request at a time; each request takes the next sequence number (reads
+    too), and every retry, to the same node or another, reuses it. It follows
+    a not_leader hint at once; with no hint it tries the next node two ticks
+    later. A silent node gets FIRST_ATTEMPT_TICKS, then twice that, up to
+    MAX_ATTEMPT_TICKS, before the client moves on to the next node.
+
+    Requests and answers travel instantly; a request sent to a crashed node
+    is lost, so the client waits for that attempt to time out. Call poll()
+    once per tick.
+    """
+    FIRST_ATTEMPT_TICKS = 10
+    MAX_ATTEMPT_TICKS = 100
+
+    def __init__(self, cluster, client_id, first_node=0):
+        self.cluster, self.id = cluster, client_id
+        self.seq = 0
+        self.leader = None
+        self.rotation = first_node
+        self.op = None                  # the request under way, if any
+        self.attempt_ids = []
+        self.attempts = 0
+        self.silences = 0
+        self.deadline = 0               # when the current attempt times out
+        self.resend_at = None           # when to send again; None: waiting
+        self.completed = []             # (seq, op, result), in answer order
+
+    @property
+    def busy(self):
+        return self.op is not None
+
+    def submit(self, op):
+        assert self.op is None, "one request at a time"
+        self.seq += 1
+        self.op, self.attempt_ids, self.silences = op, [], 0
+        self.send()
+
+    def poll(self):
+        if self.op is None:
+            return
+        cluster = self.cluster
+        for request_id in self.attempt_ids:
+            answer = cluster.answers.pop(request_id, None)
+            if answer is None:
+                continue
+            if answer.get("ok"):
+                self.completed.append((self.seq, self.op, answer.get("result")))
+                self.op = None
+                return
+            if answer.get("error") != "not_leader":
+                raise AssertionError(
+                    f"client {self.id} request {self.seq} {self.op} answered {answer} "
+                    f"at tick {cluster.now} (seed {cluster.seed}); rerun: {cluster.rerun_hint()}")
+            hint, target = answer.get("leader"), request_id[3]
+            self.leader = hint if hint and hint != target else None
+            if self.leader is None:
+                self.rotation += 1
+            self.resend_at = cluster.now + (1 if self.leader else 2)
+        if self.resend_at is None and cluster.now >= self.deadline:
+            self.leader = None          # silence: that node is down or cut off
+            self.rotation += 1
+            self.silences += 1
+            self.resend_at = cluster.now
+        if self.resend_at is not None and cluster.now >= self.resend_at:
+            self.send()
+
+    def send(self):
+        cluster = self.cluster
+        target = self.leader or cluster.ids[self.rotation % len(cluster.ids)]
+        self.attempts += 1
+        request_id = ("client", self.id, self.seq, target, self.attempts)
+        self.attempt_ids.append(request_id)
+        wait = min(self.MAX_ATTEMPT_TICKS, self.FIRST_ATTEMPT_TICKS * 2 ** self.silences)
+        self.deadline, self.resend_at = cluster.now + wait, None
+        if target not in cluster.nodes:
+            return                      # lost: the node is down
+        if self.op[0] == "get":
+            cluster.read(target, request_id, self.op)
+        else:
+            cluster.propose(target, request_id, self.id, self.seq, self.op)
