@@ -116,7 +116,8 @@ DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_MAX_DATAGRAM_BYTES = 32768  # well under UDP's 64 KiB, so one datagram
                                     # never has to be refused by the kernel
 DEFAULT_PORTS = (8000, 8001, 8002)
-DATAGRAM_HEADROOM_BYTES = 512      # an AppendEntries' fields besides its entries
+DATAGRAM_HEADROOM_BYTES = 1024     # an AppendEntries' fields besides its entries
+                                   # (ids up to MAX_ID_CHARS, five integers)
 MAX_SESSIONS = 10000               # client sessions kept; least recent evicted
 MAX_ID_CHARS = 256                 # node and client ids on the wire
 
@@ -131,6 +132,10 @@ class ClusterUnavailable(RaftError):
 
 class ProtocolError(ValueError):
     """A datagram that is not a well-formed message. Dropped and counted."""
+
+
+class DataDirInUse(Exception):
+    """Another running node holds this data dir."""
 
 
 class StorageError(Exception):
@@ -430,7 +435,7 @@ class JsonLinesStorage:
             fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.lock_file.close()
-            raise StorageError(data_dir, None, "in use by another running node")
+            raise DataDirInUse(f"{data_dir} is in use by another running node")
         self.state_path = os.path.join(data_dir, "state.jsonl")
         self.log_path = os.path.join(data_dir, "log.jsonl")
         self.state_file = self.log_file = None
@@ -869,7 +874,7 @@ class RaftNode:
         entries, budget = [], self.config.max_append_bytes
         for index in range(prev_log_index + 1, self.log.last_index + 1):
             entry = self.log.entry(index)
-            budget -= entry_size(entry)
+            budget -= entry_size(entry) + 1          # + 1: the comma between entries
             if budget < 0 and entries:
                 break
             entries.append(entry)
@@ -1458,12 +1463,15 @@ class RaftClient:
         address = split_address(normalize_address(node_id))
         self.seq += 1
         nonce = self.seq
-        reply = self.exchange({"type": "StatusRequest", "nonce": nonce}, address,
-                              time.monotonic() + self.timeout,
-                              lambda r: r.get("type") == "StatusReply" and r.get("nonce") == nonce)
-        if reply is None:
-            raise ClusterUnavailable(f"{node_id} did not answer within {self.timeout}s")
-        return reply["status"]
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:        # re-ask: a datagram can be lost
+            reply = self.exchange(
+                {"type": "StatusRequest", "nonce": nonce}, address,
+                min(deadline, time.monotonic() + self.FIRST_ATTEMPT_SECONDS),
+                lambda r: r.get("type") == "StatusReply" and r.get("nonce") == nonce)
+            if reply is not None:
+                return reply["status"]
+        raise ClusterUnavailable(f"{node_id} did not answer within {self.timeout}s")
 
     def close(self) -> None:
         self.socket.close()
@@ -1920,11 +1928,13 @@ def setup_node_logging(node_id: str, log_file: str, level: str, to_stderr: bool)
     return logger
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM stops the node like Ctrl-C does: cleanly, exit status 0."""
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT stop cleanly, exit status 0. SIGINT is set
+    explicitly: a shell starting `python raft.py ... &` leaves it ignored."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def watch_parent(parent_pid: int) -> None:
@@ -1949,14 +1959,14 @@ def main_node(argv: list[str]) -> int:
     os.makedirs(data_dir, exist_ok=True)
     logger = setup_node_logging(node_id, args.log_file or os.path.join(data_dir, "node.log"),
                                 args.log_level, to_stderr=args.no_repl)
-    stop_on_sigterm()
+    stop_on_signals()
     server = NodeServer(node_id, members, data_dir, args.machine,
                         None if args.host == "127.0.0.1" else args.host,
                         election_timeout, args.heartbeat, args.max_datagram, logger)
-    if args.parent_pid:
-        watch_parent(args.parent_pid)
-    server.start()
-    try:
+    try:                      # from here on, a signal means a clean stop
+        server.start()
+        if args.parent_pid:
+            watch_parent(args.parent_pid)
         if args.no_repl:
             while not server.stopping.wait(1.0):
                 pass
@@ -2082,7 +2092,7 @@ def main_demo(argv: list[str]) -> int:
         finally:
             probe.close()
     cluster = LocalCluster(ports, args.data_dir, args.machine)
-    stop_on_sigterm()
+    stop_on_signals()
     try:
         for port in ports:
             cluster.start(port)
@@ -2227,6 +2237,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StorageError as error:
         print(f"error: damaged data: {error}", file=sys.stderr)
+        return 1
+    except DataDirInUse as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     except RaftError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -334,10 +334,9 @@ def test_a_second_storage_on_the_same_dir_is_refused_until_the_first_closes(
     first = open_storage()
     first.load()
 
-    with pytest.raises(raft.StorageError) as caught:
+    with pytest.raises(raft.DataDirInUse) as caught:
         open_storage()
-    assert caught.value.path == str(data_dir)
-    assert "in use" in str(caught.value)
+    assert str(caught.value) == f"{data_dir} is in use by another running node"
 
     first.close()
     second = open_storage()
