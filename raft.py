@@ -415,6 +415,9 @@ class MemoryStorage:
         self.pending = []
 
 
+fdatasync = getattr(os, "fdatasync", os.fsync)     # macOS has only fsync
+
+
 class JsonLinesStorage:
     """Two append-only JSON-lines files in the data dir (docs/storage.md).
 
@@ -440,6 +443,7 @@ class JsonLinesStorage:
         self.log_path = os.path.join(data_dir, "log.jsonl")
         self.state_file = self.log_file = None
         self.dirty: set = set()
+        self.sync_count = 0
 
     # -- loading ---------------------------------------------------------------
     def load(self):
@@ -527,10 +531,15 @@ class JsonLinesStorage:
         self.dirty.add(self.log_file)
 
     def sync(self):
-        """flush + fsync every file written since the last sync: one group commit."""
+        """flush + fsync every file written since the last sync: one group commit.
+
+        fdatasync where the OS has it: it skips timestamps, but still writes
+        the new file size, which is all an append needs to be readable."""
         for f in self.dirty:
             f.flush()
-            os.fsync(f.fileno())
+            fdatasync(f.fileno())
+        if self.dirty:
+            self.sync_count += 1
         self.dirty.clear()
 
     def _fsync_directory(self):
@@ -1913,7 +1922,9 @@ def parse_election_timeout(text: str) -> tuple[int, int]:
     return low, high
 
 
-def setup_node_logging(node_id: str, log_file: str, level: str, to_stderr: bool):
+def setup_node_logging(node_id: str, log_file: str, level: str):
+    """Everything at LEVEL to the log file; only warnings and errors to
+    stderr (the prompt prints its own notices of leader changes)."""
     logger = logging.getLogger(f"raft.{node_id}")
     logger.setLevel(level)
     logger.propagate = False
@@ -1923,7 +1934,7 @@ def setup_node_logging(node_id: str, log_file: str, level: str, to_stderr: bool)
     logger.addHandler(handler)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(formatter)
-    console.setLevel(level if to_stderr else logging.WARNING)
+    console.setLevel(logging.WARNING)
     logger.addHandler(console)
     return logger
 
@@ -1958,7 +1969,7 @@ def main_node(argv: list[str]) -> int:
     data_dir = args.data_dir or os.path.join("raft-data", node_id.rpartition(":")[2])
     os.makedirs(data_dir, exist_ok=True)
     logger = setup_node_logging(node_id, args.log_file or os.path.join(data_dir, "node.log"),
-                                args.log_level, to_stderr=args.no_repl)
+                                args.log_level)
     stop_on_signals()
     server = NodeServer(node_id, members, data_dir, args.machine,
                         None if args.host == "127.0.0.1" else args.host,

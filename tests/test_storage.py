@@ -347,7 +347,7 @@ def test_a_second_storage_on_the_same_dir_is_refused_until_the_first_closes(
 
 @pytest.fixture
 def fsyncs(monkeypatch):
-    """Record every os.fsync: the fd, its path, and what the file held by then."""
+    """Record every fsync or fdatasync: the fd, its path, and what the file held by then."""
     calls = []
 
     def fake_fsync(fd):
@@ -359,6 +359,7 @@ def fsyncs(monkeypatch):
         calls.append((fd, path, content))
 
     monkeypatch.setattr(os, "fsync", fake_fsync)
+    monkeypatch.setattr(raft, "fdatasync", fake_fsync)
     return calls
 
 
