@@ -96,6 +96,7 @@ import math
 import os
 import queue
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -2185,6 +2186,17 @@ def bench_failover(cluster: LocalCluster, kills: int) -> list[float]:
     return times
 
 
+def print_bench_results(results: dict, seconds: float) -> None:
+    for kind in ("write", "read"):
+        values = results[kind]
+        if values:
+            print(f"  {kind + 's':<7}{len(values) / seconds:9.0f} ops/s   "
+                  f"p50 {percentile(values, 0.5) * 1000:6.2f} ms   "
+                  f"p99 {percentile(values, 0.99) * 1000:6.2f} ms")
+    if results["errors"]:
+        print(f"  errors: {len(results['errors'])} (first: {results['errors'][0]})")
+
+
 def main_bench(argv: list[str]) -> int:
     parser = Parser(prog="raft.py bench", description="Throughput, latency and failover time.")
     add_cluster_options(parser)
@@ -2207,29 +2219,20 @@ def main_bench(argv: list[str]) -> int:
             for port in cluster.ports:
                 cluster.start(port)
             if cluster.wait_for_leader() is None:
-                print("error: the local cluster elected no leader", file=sys.stderr)
-                return 1
+                raise RaftError("the local cluster elected no leader")
             addresses = cluster.addresses
         print(f"bench: {args.clients} clients for {args.seconds:g} s, "
               f"{args.read_ratio:.0%} reads, on {', '.join(addresses)}")
-        results = bench_workload(addresses, args.clients, args.seconds, args.read_ratio)
-        for kind in ("write", "read"):
-            values = results[kind]
-            print(f"  {kind + 's':<7}{len(values) / args.seconds:9.0f} ops/s   "
-                  f"p50 {percentile(values, 0.5) * 1000:6.2f} ms   "
-                  f"p99 {percentile(values, 0.99) * 1000:6.2f} ms")
-        if results["errors"]:
-            print(f"  errors: {len(results['errors'])} (first: {results['errors'][0]})")
-        if cluster and args.kills > 0:
-            times = bench_failover(cluster, args.kills)
-            if times:
-                print(f"  failover: SIGKILL leader -> next write answered: median "
-                      f"{percentile(times, 0.5) * 1000:.0f} ms over {len(times)} kills "
-                      f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
+        print_bench_results(bench_workload(addresses, args.clients, args.seconds,
+                                           args.read_ratio), args.seconds)
+        times = bench_failover(cluster, args.kills) if cluster and args.kills > 0 else []
+        if times:
+            print(f"  failover: SIGKILL leader -> next write answered: median "
+                  f"{percentile(times, 0.5) * 1000:.0f} ms over {len(times)} kills "
+                  f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
     finally:
         if cluster:
             cluster.stop_all()
-        import shutil
         shutil.rmtree(data_root, ignore_errors=True)
     return 0
 

@@ -353,3 +353,21 @@ def test_a_cluster_from_a_config_file_with_localhost_and_the_option_aliases(spaw
         assert client.get("x") == "5"
     for number in (1, 2, 3):                                # the aliases took effect
         assert list((tmp_path / f"d{number}").glob("*.jsonl")), number
+
+
+# ---------------------------------------------------------------------------
+# bench: a smoke run (its figures are measured by hand, never asserted)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.process
+def test_bench_reports_throughput_latency_and_failover_and_leaves_no_node(tmp_path):
+    result = run_raft(["bench", "--clients", "2", "--seconds", "0.5", "--kills", "1"],
+                      cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert any(line.strip().startswith("writes") and "ops/s" in line and "p99" in line
+               for line in lines), result.stdout
+    assert any(line.strip().startswith("reads") and "ops/s" in line for line in lines)
+    assert any("failover: SIGKILL leader -> next write answered: median" in line
+               for line in lines), result.stdout
+    assert not list(tmp_path.iterdir())          # nothing left in the working dir
