@@ -1,6 +1,7 @@
 """counter.py: named counters, the state machine of the first seed README.
 
-The same six methods as kv.py (see raft.py [5]); every value is an integer.
+The same six methods as kv.py (see raft.py [5]); every value is an integer
+within 64 bits.
     ["incr", name, n]  -> the new value (a missing counter counts as 0)
     ["decr", name, n]  -> the new value
     ["get", name]      -> the value, or None if never set
@@ -8,7 +9,7 @@ The same six methods as kv.py (see raft.py [5]); every value is an integer.
     ["del", name]      -> True if the counter existed, else False
 """
 
-from kv import as_integer, check_key
+from kv import add, as_integer, check_amount, check_key
 
 
 class Counters:
@@ -25,8 +26,8 @@ class Counters:
         if len(op) != self.ARITY[op[0]]:
             raise ValueError(f"{op[0]} takes {self.ARITY[op[0]] - 1} argument(s)")
         check_key(op)
-        if op[0] in ("incr", "decr") and type(op[2]) is not int:
-            raise ValueError(f"{op[0]} needs an integer amount")
+        if op[0] in ("incr", "decr"):
+            check_amount(op)
         if op[0] == "set":
             as_integer(op[2], "a counter's value")
 
@@ -37,7 +38,7 @@ class Counters:
         verb, name = op[0], op[1]
         if verb in ("incr", "decr"):
             step = op[2] if verb == "incr" else -op[2]
-            self.counts[name] = self.counts.get(name, 0) + step
+            self.counts[name] = add(self.counts.get(name, 0), step, name)
             return self.counts[name]
         if verb == "set":
             self.counts[name] = as_integer(op[2], "a counter's value")

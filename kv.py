@@ -11,11 +11,15 @@ Operations are JSON lists:
     ["get", key]          -> value or None
     ["incr", key, n]      -> the new integer   missing counts as 0
     ["del", key]          -> True if the key existed, else False
+
+Integers stay within 64 bits (as in Redis): a result outside that range is
+refused, so no node ever has to store or send a number of unbounded size.
 """
 
 import re
 
-INTEGER = re.compile(r"-?[0-9]+")
+INTEGER = re.compile(r"-?[0-9]{1,19}")
+LIMIT = 2 ** 63 - 1
 MAX_KEY_CHARS = 1024
 
 
@@ -25,12 +29,29 @@ def check_key(op):
 
 
 def as_integer(value, what):
-    """An int, or a string spelling one; anything else is refused."""
-    if type(value) is int:
-        return value
+    """An int, or a string spelling one, within 64 bits; else ValueError."""
     if type(value) is str and INTEGER.fullmatch(value):
-        return int(value)
-    raise ValueError(f"{what} is not an integer: {value!r}")
+        value = int(value)
+    if type(value) is not int:
+        raise ValueError(f"{what} is not an integer: {value!r}")
+    if not -LIMIT <= value <= LIMIT:
+        raise ValueError(f"{what} is outside the 64-bit range")
+    return value
+
+
+def check_amount(op):
+    """incr/decr take an integer (not a string) within 64 bits."""
+    if type(op[2]) is not int:
+        raise ValueError(f"{op[0]} needs an integer amount")
+    as_integer(op[2], f"{op[0]}'s amount")
+
+
+def add(current, amount, key):
+    """current + amount, refused if it would leave the 64-bit range."""
+    total = as_integer(current, f"the value of {key!r}") + amount
+    if not -LIMIT <= total <= LIMIT:
+        raise ValueError(f"incr would take {key!r} outside the 64-bit range")
+    return total
 
 
 class KeyValueStore:
@@ -49,8 +70,8 @@ class KeyValueStore:
         check_key(op)
         if op[0] == "set" and type(op[2]) is not str:
             raise ValueError("set needs a string value")
-        if op[0] == "incr" and type(op[2]) is not int:
-            raise ValueError("incr needs an integer amount")
+        if op[0] == "incr":
+            check_amount(op)
 
     def is_read(self, op):
         return op[0] == "get"
@@ -61,7 +82,7 @@ class KeyValueStore:
             self.data[key] = op[2]
             return None
         if verb == "incr":
-            value = as_integer(self.data.get(key, 0), f"the value of {key!r}") + op[2]
+            value = add(self.data.get(key, 0), op[2], key)
             self.data[key] = value
             return value
         if verb == "del":

@@ -96,6 +96,7 @@ import math
 import os
 import queue
 import random
+import re
 import shutil
 import signal
 import socket
@@ -120,7 +121,11 @@ DEFAULT_PORTS = (8000, 8001, 8002)
 DATAGRAM_HEADROOM_BYTES = 1024     # an AppendEntries' fields besides its entries
                                    # (ids up to MAX_ID_CHARS, five integers)
 MAX_SESSIONS = 10000               # client sessions kept; least recent evicted
+MAX_PENDING_READS = 10000          # reads waiting on one leader; more are refused
+MAX_INBOX_ITEMS = 10000            # datagrams queued for the owner; more are dropped
 MAX_ID_CHARS = 256                 # node and client ids on the wire
+MAX_WIRE_INTEGER = 2 ** 63 - 1     # terms, indexes, sequence numbers: a sender
+                                   # must not plant a term too big to write back
 
 
 class RaftError(Exception):
@@ -244,8 +249,8 @@ def encode_message(message) -> dict:
 def _check_field(name: str, value, kind: str):
     """Strict type checks: bool is not an int, ints are never negative."""
     if kind == "int":
-        if type(value) is not int or value < 0:
-            raise ProtocolError(f"{name} must be a non-negative integer")
+        if type(value) is not int or not 0 <= value <= MAX_WIRE_INTEGER:
+            raise ProtocolError(f"{name} must be an integer from 0 to 2**63-1")
     elif kind == "bool":
         if type(value) is not bool:
             raise ProtocolError(f"{name} must be true or false")
@@ -304,7 +309,18 @@ def decode_message(fields: dict):
             values[name] = tuple(decode_entry(e) for e in fields[name])
         else:
             values[name] = _check_field(name, fields[name], _FIELD_KINDS[name])
-    return cls(**values)
+    message = cls(**values)
+    if cls is AppendEntries:
+        check_entry_terms(message)
+    return message
+
+
+def check_entry_terms(message: AppendEntries) -> None:
+    """Terms never decrease along a log, and no leader writes entries of a
+    term later than its own: anything else is forged or corrupt."""
+    terms = [message.prev_log_term, *(e.term for e in message.entries), message.term]
+    if any(a > b for a, b in zip(terms, terms[1:])):
+        raise ProtocolError("AppendEntries terms out of order")
 
 
 # ===========================================================================
@@ -505,14 +521,14 @@ class JsonLinesStorage:
     @staticmethod
     def _parse_state(record):
         term, voted_for = record["term"], record["voted_for"]
-        if type(term) is not int or term < 0 or not (
+        if type(term) is not int or not 0 <= term <= MAX_WIRE_INTEGER or not (
                 voted_for is None or type(voted_for) is str):
             raise ValueError("bad term or voted_for")
         return term, voted_for
 
     @staticmethod
     def _parse_entry(record):
-        if type(record["index"]) is not int:
+        if type(record["index"]) is not int or not 0 <= record["index"] <= MAX_WIRE_INTEGER:
             raise ValueError("bad index")
         entry = decode_entry({"term": record["term"], "command": record["command"]})
         return record["index"], entry
@@ -619,6 +635,10 @@ class PendingRead:
     read_index: int | None     # None until an entry of our term is committed
 
 
+# A leader's view of the batch of entries last sent to a follower.
+NOTHING_IN_FLIGHT, BATCH_SENT, BATCH_WAITED = 0, 1, 2
+
+
 def not_leader(leader_id: str | None) -> dict:
     return {"ok": False, "error": "not_leader", "leader": leader_id}
 
@@ -673,11 +693,11 @@ class RaftNode:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.election_timeout = self.random_election_timeout()
-        self.in_flight: dict[str, bool] = {}
+        self.in_flight: dict[str, int] = {}      # heartbeats a batch has waited
         self.sessions: collections.OrderedDict = collections.OrderedDict()
-        self.waiting: dict[int, list] = {}
+        self.waiting: dict[int, dict] = {}       # index -> {request_id: term}
         self.proposed: dict[tuple[str, int], int] = {}
-        self.pending_reads: list[PendingRead] = []
+        self.pending_reads: dict[Any, PendingRead] = {}
         self.read_round = 0
         self.read_round_wanted = False
         self.read_acks: dict[str, int] = {}
@@ -796,7 +816,7 @@ class RaftNode:
         self.leader_id = self.id
         self.next_index = {peer: self.log.last_index + 1 for peer in self.peers}
         self.match_index = {peer: 0 for peer in self.peers}
-        self.in_flight = {peer: False for peer in self.peers}
+        self.in_flight = {peer: NOTHING_IN_FLIGHT for peer in self.peers}
         self.read_round, self.read_round_wanted = 0, False
         self.read_acks = {peer: 0 for peer in self.peers}
         self.logger.info("%s becomes leader with votes from %s",
@@ -812,11 +832,11 @@ class RaftNode:
     def fail_pending_requests(self) -> None:
         """A deposed leader cannot promise anything: clients must retry."""
         for waiters in self.waiting.values():
-            for request_id, _term in waiters:
+            for request_id in waiters:
                 self.answer(request_id, not_leader(self.leader_id))
-        for read in self.pending_reads:
-            self.answer(read.request_id, not_leader(self.leader_id))
-        self.waiting, self.proposed, self.pending_reads = {}, {}, []
+        for request_id in self.pending_reads:
+            self.answer(request_id, not_leader(self.leader_id))
+        self.waiting, self.proposed, self.pending_reads = {}, {}, {}
 
     # -- [6.4] elections ----------------------------------------------------------
     def is_up_to_date(self, last_log_term: int, last_log_index: int) -> bool:
@@ -874,7 +894,17 @@ class RaftNode:
         """[LEAD-1] heartbeat, which also carries any entries a follower lacks."""
         self.heartbeat_elapsed = 0
         for peer in self.peers:
-            self.send_append_entries(peer)
+            if self.in_flight[peer] == BATCH_SENT:
+                # A batch is on its way, maybe just slow: send no entries now,
+                # from where the follower is known to match. If its reply is
+                # still missing at the next heartbeat, it was lost: resend.
+                self.in_flight[peer] = BATCH_WAITED
+                match = self.match_index[peer]
+                self.send(peer, AppendEntries(self.current_term, self.id, match,
+                                              self.log.term_at(match), (),
+                                              self.commit_index, self.read_round))
+            else:
+                self.send_append_entries(peer)
 
     def send_append_entries(self, peer: str) -> None:
         # [LEAD-3] send the entries from next_index on: as many as fit one
@@ -888,7 +918,7 @@ class RaftNode:
             if budget < 0 and entries:
                 break
             entries.append(entry)
-        self.in_flight[peer] = bool(entries)
+        self.in_flight[peer] = BATCH_SENT if entries else NOTHING_IN_FLIGHT
         self.send(peer, AppendEntries(
             self.current_term, self.id, prev_log_index,
             self.log.term_at(prev_log_index), tuple(entries),
@@ -909,7 +939,8 @@ class RaftNode:
         if self.log.term_at(request.prev_log_index) != request.prev_log_term:
             self.reply_append_entries(request, success=False)
             return
-        self.store_new_entries(request)
+        if not self.store_new_entries(request):
+            return
         last_new_index = request.prev_log_index + len(request.entries)
         # [AE-5] learn the commit index, but only as far as our log is known
         # to match the leader's; a reordered, older message never lowers it.
@@ -919,7 +950,8 @@ class RaftNode:
         self.reply_append_entries(request, success=True, match_index=last_new_index)
 
     def store_new_entries(self, request: AppendEntries) -> None:
-        """AE-3 and AE-4: skip entries we have; cut at the first conflict."""
+        """AE-3 and AE-4: skip entries we have; cut at the first conflict.
+        Returns False if the message was refused (see below)."""
         for offset, entry in enumerate(request.entries):
             index = request.prev_log_index + 1 + offset
             existing_term = self.log.term_at(index)
@@ -930,15 +962,25 @@ class RaftNode:
             # conflicting would mean two leaders committed different things.
             if existing_term is not None:
                 if index <= self.commit_index:
-                    raise RuntimeError(f"{self.id}: asked to overwrite committed "
-                                       f"index {index} (commit {self.commit_index})")
+                    return self.refuse_to_overwrite_committed(request, index)
                 self.logger.info("%s drops entries %d..%d (conflict with term %d)",
                                  self.describe(), index, self.log.last_index, entry.term)
             # [AE-4] append the entries not already in the log.
             new_entries = list(request.entries[offset:])
             self.log.replace_from(index, new_entries)
             self.storage.write_entries(index, new_entries)
-            return
+            return True
+        return True
+
+    def refuse_to_overwrite_committed(self, request: AppendEntries, index: int) -> bool:
+        """A real leader never conflicts with a committed entry (Leader
+        Completeness, §5.4.3), so this message is forged or from a broken
+        node: keep the committed entry, answer nothing, and say so loudly."""
+        self.counters["refused: would overwrite a committed entry"] += 1
+        self.logger.error("%s refuses AppendEntries from %s: it conflicts with committed "
+                          "index %d (commit index %d)", self.describe(),
+                          request.leader_id, index, self.commit_index)
+        return False
 
     def reply_append_entries(self, request: AppendEntries, success: bool,
                              match_index: int = 0) -> None:
@@ -960,8 +1002,8 @@ class RaftNode:
         if self.role is not Role.LEADER or reply.term != self.current_term:
             return                          # stale: from an earlier term of ours
         peer = reply.follower_id
-        self.in_flight[peer] = False
         self.read_acks[peer] = max(self.read_acks[peer], reply.read_round)
+        before = (self.match_index[peer], self.next_index[peer])
         if reply.success:
             # [LEAD-3a] the follower holds our log up to match_index.
             if self.match_index[peer] < reply.match_index <= self.log.last_index:
@@ -977,6 +1019,9 @@ class RaftNode:
                 retry_at = ours + 1 if ours else reply.conflict_index
             self.next_index[peer] = max(self.match_index[peer] + 1,
                                         min(retry_at, self.log.last_index + 1))
+        if (self.match_index[peer], self.next_index[peer]) == before:
+            return     # a duplicate or late reply: its batch was already answered
+        self.in_flight[peer] = NOTHING_IN_FLIGHT
         if self.next_index[peer] <= self.log.last_index:
             self.send_append_entries(peer)
 
@@ -1029,7 +1074,7 @@ class RaftNode:
             # [LEAD-2] append the command to our log; answer once applied.
             index = self.append_to_own_log(command)
             self.proposed[(client_id, seq)] = index
-        self.waiting.setdefault(index, []).append((request_id, self.current_term))
+        self.waiting.setdefault(index, {})[request_id] = self.current_term
 
     def apply_entry(self, entry: Entry) -> dict:
         """Apply one committed entry; the session table makes it at-most-once."""
@@ -1073,9 +1118,12 @@ class RaftNode:
         except ValueError as error:
             self.answer(request_id, {"ok": False, "error": str(error)})
             return
+        if len(self.pending_reads) >= MAX_PENDING_READS:
+            self.answer(request_id, {"ok": False, "error": "busy: too many reads waiting"})
+            return
         # [§6.4] the read waits for the next heartbeat round (one round serves
         # every read queued in this cycle) and for its read index.
-        self.pending_reads.append(PendingRead(request_id, op, self.read_round + 1, None))
+        self.pending_reads[request_id] = PendingRead(request_id, op, self.read_round + 1, None)
         self.read_round_wanted = True
 
     def has_committed_in_term(self) -> bool:
@@ -1086,8 +1134,8 @@ class RaftNode:
         return read.round <= self.read_round and self.has_quorum(acks)
 
     def answer_ready_reads(self) -> None:
-        waiting = []
-        for read in self.pending_reads:
+        waiting = {}
+        for read in self.pending_reads.values():
             if read.read_index is None and self.has_committed_in_term():
                 read.read_index = self.commit_index
             if (read.read_index is not None and self.last_applied >= read.read_index
@@ -1098,7 +1146,7 @@ class RaftNode:
                     answer = {"ok": False, "error": str(error)}
                 self.answer(read.request_id, answer)
             else:
-                waiting.append(read)
+                waiting[read.request_id] = read
         self.pending_reads = waiting
 
     # -- [6.8] outputs: what the cycle persists, sends, applies ------------------------
@@ -1112,7 +1160,7 @@ class RaftNode:
                 self.broadcast_append_entries()
             else:
                 for peer in self.peers:
-                    if (not self.in_flight[peer]
+                    if (self.in_flight[peer] == NOTHING_IN_FLIGHT
                             and self.next_index[peer] <= self.log.last_index):
                         self.send_append_entries(peer)
         messages, self.outbox = self.outbox, []
@@ -1130,7 +1178,7 @@ class RaftNode:
                              json.dumps(entry.command, separators=(",", ":")))
             if entry.command is not None:
                 self.proposed.pop((entry.command["client"], entry.command["seq"]), None)
-            for request_id, term in self.waiting.pop(index, []):
+            for request_id, term in self.waiting.pop(index, {}).items():
                 self.answer(request_id, answer if term == entry.term
                             else not_leader(self.leader_id))
         if self.pending_reads:
@@ -1188,10 +1236,12 @@ def persist_send_apply(node: RaftNode, send: Callable[[str, Any], None],
 # [7] Runtime: one UDP socket, one owner thread, a ticker, a receiver
 # ===========================================================================
 # The owner thread alone touches the RaftNode, so the core needs no lock.
-# Everything else posts to its queue: datagrams (receiver thread), ticks
-# (ticker thread), and calls from the prompt. The owner drains all that is
-# queued, then runs persist_send_apply once: many entries per fsync and per
-# datagram when load is high, one fsync per request when it is low.
+# Everything else posts to its queue: datagrams (receiver thread) and calls
+# from the prompt. The owner turns the monotonic clock into ticks itself, so
+# a flood of datagrams can delay but never starve the timers. Each round it
+# feeds the node every tick due and every queued input, then runs
+# persist_send_apply once: many entries per fsync and per datagram when load
+# is high, one fsync per request when it is low.
 
 def ms_to_ticks(milliseconds: float) -> int:
     return max(1, math.ceil(milliseconds / TICK_MS))
@@ -1243,7 +1293,8 @@ class NodeServer:
             self.storage.close()
             self.socket.close()
             raise
-        self.inbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue = queue.Queue(maxsize=MAX_INBOX_ITEMS)
+        self.inbox_overflows = 0
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.on_change: Callable[[str], None] | None = None
@@ -1252,7 +1303,6 @@ class NodeServer:
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> "NodeServer":
         for target, name in ((self.receive_forever, "receiver"),
-                             (self.tick_forever, "ticker"),
                              (self.own_forever, "owner")):
             thread = threading.Thread(target=target, name=f"{self.id} {name}", daemon=True)
             thread.start()
@@ -1291,19 +1341,10 @@ class NodeServer:
                 if self.stopping.is_set():
                     return
                 continue
-            self.inbox.put(("datagram", data, address))
-
-    def tick_forever(self) -> None:
-        """Post one tick per TICK_MS of monotonic time, never drifting."""
-        next_tick = time.monotonic()
-        while not self.stopping.is_set():
-            next_tick += TICK_MS / 1000
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                self.stopping.wait(delay)
-            elif delay < -1:                 # the machine slept: do not replay it
-                next_tick = time.monotonic()
-            self.inbox.put(("tick",))
+            try:
+                self.inbox.put_nowait(("datagram", data, address))
+            except queue.Full:               # the owner is overwhelmed: shed load
+                self.inbox_overflows += 1
 
     def own_forever(self) -> None:
         try:
@@ -1316,27 +1357,33 @@ class NodeServer:
             os._exit(70)
 
     def run_owner_loop(self) -> None:
+        tick_seconds = TICK_MS / 1000
+        next_tick = time.monotonic() + tick_seconds
         while not self.stopping.is_set():
+            batch = []
             try:
-                batch = [self.inbox.get(timeout=0.1)]
-            except queue.Empty:
-                continue
-            while len(batch) < 1000:
-                try:
+                batch.append(self.inbox.get(timeout=max(0.0, next_tick - time.monotonic())))
+                while len(batch) < 1000:
                     batch.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if now - next_tick > 1.0:        # the machine slept: do not replay it
+                next_tick = now
+            while now >= next_tick:
+                self.node.tick()
+                next_tick += tick_seconds
             for item in batch:
                 self.handle(item)
+            if self.inbox_overflows:
+                self.node.counters["inbox full"] = self.inbox_overflows
             persist_send_apply(self.node, self.send_message, self.deliver_answer)
             self.notice_changes()
 
     # -- inputs ----------------------------------------------------------------
     def handle(self, item) -> None:
         kind = item[0]
-        if kind == "tick":
-            self.node.tick()
-        elif kind == "datagram":
+        if kind == "datagram":
             self.handle_datagram(item[1], item[2])
         elif kind == "call":
             _, function, done, box = item
@@ -1393,7 +1440,11 @@ class NodeServer:
                             "seq": seq, **answer}, address)
 
     def send_datagram(self, fields: dict, address) -> None:
-        data = encode_datagram(fields)
+        try:
+            data = encode_datagram(fields)
+        except (ValueError, TypeError) as error:   # never expected: say so, keep serving
+            self.logger.error("cannot encode a %s: %s", fields.get("type"), error)
+            return
         if len(data) > self.max_datagram_bytes:
             self.logger.error("not sending a %d-byte %s: over the %d-byte limit",
                               len(data), fields.get("type"), self.max_datagram_bytes)
@@ -1450,6 +1501,7 @@ class RaftClient:
         self.client_id = client_id or uuid.uuid4().hex
         self.seq = 0
         self.leader: str | None = None
+        self.send_error: str | None = None
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("0.0.0.0", 0))
 
@@ -1507,7 +1559,7 @@ class RaftClient:
         while time.monotonic() < deadline:
             target = self.leader or self.peers[rotation % len(self.peers)]
             attempt_seconds = min(self.MAX_ATTEMPT_SECONDS,
-                                  self.FIRST_ATTEMPT_SECONDS * 2 ** silences)
+                                  self.FIRST_ATTEMPT_SECONDS * 2 ** min(silences, 10))
             reply = self.exchange(
                 fields, split_address(target),
                 min(deadline, time.monotonic() + attempt_seconds),
@@ -1515,7 +1567,7 @@ class RaftClient:
                            and r.get("client_id") == self.client_id))
             if reply is None:
                 self.leader, rotation, silences = None, rotation + 1, silences + 1
-                last_trouble = f"{target} did not answer"
+                last_trouble = self.send_error or f"{target} did not answer"
             elif reply.get("ok"):
                 self.leader = target
                 return reply.get("result")
@@ -1534,8 +1586,11 @@ class RaftClient:
     def exchange(self, fields: dict, address, deadline: float, matches):
         """Send one datagram; wait for a reply that matches, or None at deadline."""
         try:
+            self.send_error = None
             self.socket.sendto(encode_datagram(fields), address)
-        except OSError:
+        except OSError as error:             # e.g. an address this host cannot reach
+            self.send_error = f"cannot send to {address[0]}:{address[1]}: {error.strerror}"
+            time.sleep(max(0.0, min(deadline - time.monotonic(), 0.1)))
             return None
         while True:
             remaining = deadline - time.monotonic()
@@ -1647,7 +1702,7 @@ class ClusterPrompt(cmd.Cmd):
 
 
 def _is_integer(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    return re.fullmatch(r"-?[0-9]{1,18}", text) is not None
 
 
 class NodePrompt(ClusterPrompt):
@@ -1875,7 +1930,7 @@ def node_parser() -> Parser:
                         metavar="BYTES", help="largest datagram sent (2048-65000)")
     parser.add_argument("--key-file", help="cluster secret (not supported yet)")
     parser.add_argument("--log-file", help="node log (default DATA_DIR/node.log)")
-    parser.add_argument("--log-level", default="INFO",
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--no-repl", action="store_true", help="no prompt; stop on SIGINT/SIGTERM")
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
@@ -1963,8 +2018,9 @@ def main_node(argv: list[str]) -> int:
     reject_key_file(args)
     node_id, members = resolve_node(args)
     election_timeout = parse_election_timeout(args.election_timeout)
-    if args.heartbeat <= 0 or args.heartbeat >= election_timeout[0]:
-        raise UsageError("--heartbeat must be positive and below the election timeout")
+    if args.heartbeat <= 0 or ms_to_ticks(args.heartbeat) >= ms_to_ticks(election_timeout[0]):
+        raise UsageError(f"--heartbeat must be positive and, in {TICK_MS} ms ticks, "
+                         f"below the election timeout's minimum")
     if not 2048 <= args.max_datagram <= 65000:
         raise UsageError("--max-datagram must be between 2048 and 65000")
     data_dir = args.data_dir or os.path.join("raft-data", node_id.rpartition(":")[2])

@@ -273,6 +273,14 @@ BAD_ARGUMENTS = {
     "client unknown option": (["client", "--peers", "{a}", "--no-such-option", "get", "x"],
                               None),
     "check without --ops": (["check", "--peers", "{a}"], None),
+    "client incr by a digit that is not ASCII": (["client", "--peers", "{a}", "incr", "x", "²"],
+                                                 None),
+    "heartbeat as long as the election timeout in ticks": (
+        ["{a}", "--peers", "{b},{c}", "--election-timeout", "15,20", "--heartbeat", "11"],
+        "--heartbeat"),
+    "client to an address this host cannot send to": (
+        ["client", "--peers", "255.255.255.255:{a}", "--timeout", "0.5", "get", "x"],
+        "cannot send"),
 }
 
 
@@ -371,3 +379,12 @@ def test_bench_reports_throughput_latency_and_failover_and_leaves_no_node(tmp_pa
     assert any("failover: SIGKILL leader -> next write answered: median" in line
                for line in lines), result.stdout
     assert not list(tmp_path.iterdir())          # nothing left in the working dir
+
+
+def test_log_level_is_accepted_in_any_case(spawn, tmp_path):
+    port, *others = free_ports(3)
+    process = spawn([port, "--peers", ",".join(map(str, others)), "--no-repl",
+                     "--data-dir", tmp_path / "data", "--log-level", "debug", *FAST])
+    wait_until(lambda: probe_status(f"127.0.0.1:{port}") or process.poll() is not None, 10,
+               "the node to answer status()")
+    assert process.poll() is None

@@ -236,22 +236,19 @@ def test_a_retried_request_is_applied_at_most_once_and_gets_the_first_answer(clu
     assert client.get("hits") == 2
 
 
-def test_a_duplicated_datagram_is_applied_once_and_both_copies_are_answered(cluster):
+def test_a_duplicated_datagram_is_applied_once_and_answered(cluster):
+    """Both copies reach the leader while the first is still pending: they
+    share one waiter (bounded memory), so one answer comes back, and the
+    increment is applied once."""
     leader = cluster.wait_for_leader()
     request = raft.encode_datagram({"type": "ClientRequest", "client_id": "duplicating-client",
                                     "seq": 1, "op": ["incr", "dup", 7]})
     with udp_socket() as sock:
         sock.sendto(request, ("127.0.0.1", leader))
         sock.sendto(request, ("127.0.0.1", leader))
-        replies = []
-        deadline = time.monotonic() + 5
-        while len(replies) < 2 and time.monotonic() < deadline:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                replies.append(json.loads(sock.recvfrom(65535)[0]))
-            except socket.timeout:
-                break
-    assert [r.get("result") for r in replies] == [7, 7], replies
+        sock.settimeout(5)
+        reply = json.loads(sock.recvfrom(65535)[0])
+    assert reply.get("result") == 7, reply
     assert cluster.client().get("dup") == 7
 
 
@@ -372,6 +369,17 @@ def test_garbage_datagrams_do_not_kill_a_node_and_are_counted_as_dropped(cluster
         json.dumps({"type": "ClientRequest", "client_id": "c", "seq": 1, "op": [1]}).encode(),
         json.dumps({"type": "StatusRequest", "nonce": "x"}).encode(),
     ]
+    # Claiming to come from a member: a term too big to ever write back (it
+    # once killed every node), and an AppendEntries whose terms go backwards.
+    member = f"127.0.0.1:{followers(cluster, leader)[-1]}"
+    garbage += [
+        json.dumps({**vote, "candidate_id": member, "term": 10 ** 4300 - 1}).encode(),
+        json.dumps({**vote, "candidate_id": member, "term": 2 ** 63}).encode(),
+        json.dumps({"type": "AppendEntries", "term": 60, "leader_id": member,
+                    "prev_log_index": 1, "prev_log_term": 1, "leader_commit": 0,
+                    "entries": [{"term": 50, "command": None},
+                                {"term": 1, "command": None}]}).encode(),
+    ]
     # Well-formed, but from a stranger with a huge term: dropped too, and the
     # term must not be adopted.
     strangers = [json.dumps({**vote, "term": 10 ** 9}).encode()]
@@ -394,6 +402,8 @@ def test_garbage_datagrams_do_not_kill_a_node_and_are_counted_as_dropped(cluster
         assert cluster.is_running(port), cluster.stderr_tail(port)
 
     client = cluster.client()
+    with pytest.raises(raft.RaftError, match="64-bit"):
+        client.incr("big", 10 ** 4299)           # refused, not a crash of the leader
     client.set("after-garbage", "still here")
     for port in victims:
         assert cluster.client([port]).get("after-garbage") == "still here"

@@ -490,7 +490,7 @@ def test_every_message_leaves_after_its_state_is_synced():
         run(node.tick)
     run(lambda: node.step(raft.RequestVoteReply(3, True, "n2")))
     assert node.role is raft.Role.LEADER
-    run(lambda: node.propose("r1", "c", 1, ["incr", "k", 1]),
+    run(lambda: node.propose("r1", "e", 1, ["incr", "k", 1]),   # "c" is the preloaded log's client
         lambda: node.propose("r2", "d", 1, ["set", "x", "y"]))
     run(lambda: node.step(raft.AppendEntriesReply(3, True, "n2", match_index=6)))
     run(*[node.tick] * node.config.heartbeat_ticks)
