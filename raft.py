@@ -1502,6 +1502,7 @@ class RaftClient:
         self.seq = 0
         self.leader: str | None = None
         self.send_error: str | None = None
+        self.silent: str | None = None      # the node that last failed to answer
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("0.0.0.0", 0))
 
@@ -1557,7 +1558,7 @@ class RaftClient:
         rotation = silences = 0
         last_trouble = "no node answered"
         while time.monotonic() < deadline:
-            target = self.leader or self.peers[rotation % len(self.peers)]
+            target = self.leader or self.next_node(rotation)
             attempt_seconds = min(self.MAX_ATTEMPT_SECONDS,
                                   self.FIRST_ATTEMPT_SECONDS * 2 ** min(silences, 10))
             reply = self.exchange(
@@ -1566,22 +1567,33 @@ class RaftClient:
                 lambda r: (r.get("type") == "ClientReply" and r.get("seq") == seq
                            and r.get("client_id") == self.client_id))
             if reply is None:
-                self.leader, rotation, silences = None, rotation + 1, silences + 1
+                self.leader, self.silent = None, target
+                rotation, silences = rotation + 1, silences + 1
                 last_trouble = self.send_error or f"{target} did not answer"
-            elif reply.get("ok"):
+                continue
+            if target == self.silent:
+                self.silent = None                   # it is back
+            if reply.get("ok"):
                 self.leader = target
                 return reply.get("result")
-            elif reply.get("error") == "not_leader":
-                hint = reply.get("leader")
-                self.leader = hint if hint and hint != target else None
-                if self.leader is None:
-                    rotation += 1
-                    last_trouble = "no leader yet: an election is under way"
-                    time.sleep(0.02)        # let the election finish
-            else:
+            if reply.get("error") != "not_leader":
                 raise RaftError(str(reply.get("error")))
+            # A follower names its leader. Right after a leader dies, its
+            # followers still name it until their election timers fire:
+            # do not go back to a node that just failed to answer.
+            hint = reply.get("leader")
+            self.leader = hint if hint not in (None, target, self.silent) else None
+            if self.leader is None:
+                rotation += 1
+                last_trouble = "no leader yet: an election is under way"
+                time.sleep(0.02)                     # let the election finish
         raise ClusterUnavailable(f"no leader answered within {self.timeout}s "
                                  f"({last_trouble}); the outcome is unknown")
+
+    def next_node(self, rotation: int) -> str:
+        """The nodes in turn, skipping the one that last failed to answer."""
+        nodes = [p for p in self.peers if p != self.silent] or self.peers
+        return nodes[rotation % len(nodes)]
 
     def exchange(self, fields: dict, address, deadline: float, matches):
         """Send one datagram; wait for a reply that matches, or None at deadline."""
