@@ -51,16 +51,7 @@ STOP_TIMEOUT_S = 5.0           # SIGTERM, then SIGKILL after this
 
 def free_ports(n: int) -> list[int]:
     """n distinct free UDP ports on 127.0.0.1 (all bound at once, then closed)."""
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    return raft.free_udp_ports(n)
 
 
 def consecutive_free_ports(n: int, attempts: int = 200) -> int:

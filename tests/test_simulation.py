@@ -68,19 +68,22 @@ def wait_for_leader(cluster, max_ticks, replacing=None):
     return stable_leader(cluster)
 
 
+def step_clients(cluster, clients, programs):
+    """One tick in which each idle client submits the next op of its program."""
+    for client in clients:
+        if not client.busy and programs[client.id]:
+            client.submit(programs[client.id].pop(0))
+    cluster.tick()
+    for client in clients:
+        client.poll()
+
+
 def run_clients(cluster, clients, programs, max_ticks):
     """Each client works through its program, one request at a time."""
-    def step():
-        for client in clients:
-            if not client.busy and programs[client.id]:
-                client.submit(programs[client.id].pop(0))
-        cluster.tick()
-        for client in clients:
-            client.poll()
     for _ in range(max_ticks):
         if not any(client.busy or programs[client.id] for client in clients):
             return
-        step()
+        step_clients(cluster, clients, programs)
     raise AssertionError(why(cluster, "clients did not finish in "
                                       f"{max_ticks} ticks: {[c.op for c in clients]}"))
 
@@ -182,12 +185,7 @@ def test_clients_agree_through_crashes_and_partitions(seed, make_cluster):
     # Chaos: clients work while nodes crash and restart and the network splits.
     for _ in range(CHAOS_TICKS):
         chaos(cluster, rng)
-        for client in clients:
-            if not client.busy and programs[client.id]:
-                client.submit(programs[client.id].pop(0))
-        cluster.tick()
-        for client in clients:
-            client.poll()
+        step_clients(cluster, clients, programs)
     # Then calm: everything restarts, the network heals, every client finishes.
     cluster.heal()
     for node_id in sorted(cluster.down):
