@@ -890,15 +890,20 @@ class RaftNode:
         self.advance_commit_index()       # a one-node cluster commits at once
         return index
 
-    def broadcast_append_entries(self) -> None:
-        """[LEAD-1] heartbeat, which also carries any entries a follower lacks."""
-        self.heartbeat_elapsed = 0
+    def broadcast_append_entries(self, is_heartbeat: bool = True) -> None:
+        """[LEAD-1] heartbeat, which also carries any entries a follower lacks.
+        A read round (§6.4) sends the same messages but leaves the heartbeat
+        timer and the resend decisions to the real heartbeats."""
+        if is_heartbeat:
+            self.heartbeat_elapsed = 0
         for peer in self.peers:
-            if self.in_flight[peer] == BATCH_SENT:
+            batch = self.in_flight[peer]
+            if batch == BATCH_SENT or (batch == BATCH_WAITED and not is_heartbeat):
                 # A batch is on its way, maybe just slow: send no entries now,
                 # from where the follower is known to match. If its reply is
                 # still missing at the next heartbeat, it was lost: resend.
-                self.in_flight[peer] = BATCH_WAITED
+                if is_heartbeat:
+                    self.in_flight[peer] = BATCH_WAITED
                 match = self.match_index[peer]
                 self.send(peer, AppendEntries(self.current_term, self.id, match,
                                               self.log.term_at(match), (),
@@ -1157,7 +1162,7 @@ class RaftNode:
             if self.read_round_wanted:
                 self.read_round += 1          # one round serves every read queued
                 self.read_round_wanted = False
-                self.broadcast_append_entries()
+                self.broadcast_append_entries(is_heartbeat=False)
             else:
                 for peer in self.peers:
                     if (self.in_flight[peer] == NOTHING_IN_FLIGHT
@@ -1233,7 +1238,7 @@ def persist_send_apply(node: RaftNode, send: Callable[[str, Any], None],
 
 
 # ===========================================================================
-# [7] Runtime: one UDP socket, one owner thread, a ticker, a receiver
+# [7] Runtime: one UDP socket, a receiver thread, one owner thread
 # ===========================================================================
 # The owner thread alone touches the RaftNode, so the core needs no lock.
 # Everything else posts to its queue: datagrams (receiver thread) and calls

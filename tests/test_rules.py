@@ -1411,3 +1411,17 @@ def test_6_4_one_heartbeat_round_serves_every_read_queued_before_it():
                     for peer in ("n2", "n3")]
     sent, answers = step(node, AppendEntriesReply(2, True, "n2", match_index=2, read_round=1))
     assert answers == [("q1", {"ok": True, "result": "t1"}), ("q2", {"ok": True, "result": None})]
+
+
+def test_lead1_read_rounds_do_not_delay_the_heartbeat():
+    """[LEAD-1] with [§6.4]: a read round is sent at once, but it does not
+    restart the heartbeat timer, or a steady stream of reads could keep the
+    heartbeat (which resends lost entries) from ever firing."""
+    node = make_leader(term=2, acked=["n2", "n3"])
+    tick(node, CONFIG.heartbeat_ticks - 1)
+    node.read("r1", ["get", "x"])
+    sent, _ = cycle(node)
+    assert [message.read_round for _, message in sent] == [1, 1]
+    sent, _ = tick(node)
+    assert [(peer, type(message).__name__) for peer, message in sent] == [
+        ("n2", "AppendEntries"), ("n3", "AppendEntries")]
