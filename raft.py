@@ -1425,12 +1425,7 @@ class NodeServer:
         if type(op) is not list or not op or type(op[0]) is not str:
             raise ProtocolError("op must be a list starting with a command name")
         request_id = (address, client_id, seq)
-        try:
-            self.node.machine.check(op)
-        except ValueError as error:
-            self.deliver_answer(request_id, {"ok": False, "error": str(error)})
-            return
-        if self.node.machine.is_read(op):
+        if self.node.machine.is_read(op):         # read() and propose() check op
             self.node.read(request_id, op)
         else:
             self.node.propose(request_id, client_id, seq, op)
