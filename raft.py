@@ -2074,13 +2074,14 @@ def main_client(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     reject_key_file(args)
     words = args.words
-    usage = {"set": (3, None), "get": (2, 2), "incr": (2, 3), "del": (2, 2), "status": (1, 2)}
+    usage = {"set": (3, None, "set KEY VALUE"), "get": (2, 2, "get KEY"),
+             "incr": (2, 3, "incr KEY [N]"), "del": (2, 2, "del KEY"),
+             "status": (1, 2, "status [HOST:PORT]")}
     if not words or words[0] not in usage:
-        raise UsageError("say what to do: set KEY VALUE | get KEY | incr KEY [N] | "
-                         "del KEY | status [HOST:PORT]")
-    low, high = usage[words[0]]
+        raise UsageError("say what to do: " + " | ".join(u[2] for u in usage.values()))
+    low, high, form = usage[words[0]]
     if len(words) < low or (high and len(words) > high):
-        raise UsageError(f"wrong number of words for {words[0]}")
+        raise UsageError(f"usage: raft.py client [options] {form}")
     with RaftClient(cluster_addresses(args), timeout=args.timeout) as client:
         verb = words[0]
         if verb == "status":
