@@ -1489,6 +1489,10 @@ class RaftClient:
     # flooded. Re-sending is always safe: the request keeps its number.
     FIRST_ATTEMPT_SECONDS = 0.1
     MAX_ATTEMPT_SECONDS = 1.0
+    # After a node fails to answer, hints that name it are ignored for this
+    # long: followers of a dead leader name it until their election timers
+    # fire. Only for a while: a live leader may just have lost one datagram.
+    DISTRUST_SECONDS = 0.5
 
     def __init__(self, peers: Iterable[str], timeout: float = 5.0,
                  key: bytes | None = None, client_id: str | None = None):
@@ -1502,7 +1506,8 @@ class RaftClient:
         self.seq = 0
         self.leader: str | None = None
         self.send_error: str | None = None
-        self.silent: str | None = None      # the node that last failed to answer
+        self.silent: str | None = None      # the node that last failed to answer,
+        self.silent_until = 0.0             # distrusted until this monotonic time
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("0.0.0.0", 0))
 
@@ -1568,6 +1573,7 @@ class RaftClient:
                            and r.get("client_id") == self.client_id))
             if reply is None:
                 self.leader, self.silent = None, target
+                self.silent_until = time.monotonic() + self.DISTRUST_SECONDS
                 rotation, silences = rotation + 1, silences + 1
                 last_trouble = self.send_error or f"{target} did not answer"
                 continue
@@ -1582,7 +1588,7 @@ class RaftClient:
             # followers still name it until their election timers fire:
             # do not go back to a node that just failed to answer.
             hint = reply.get("leader")
-            self.leader = hint if hint not in (None, target, self.silent) else None
+            self.leader = hint if hint not in (None, target, self.distrusted()) else None
             if self.leader is None:
                 rotation += 1
                 last_trouble = "no leader yet: an election is under way"
@@ -1590,9 +1596,13 @@ class RaftClient:
         raise ClusterUnavailable(f"no leader answered within {self.timeout}s "
                                  f"({last_trouble}); the outcome is unknown")
 
+    def distrusted(self) -> str | None:
+        """The node that just failed to answer, while that is recent news."""
+        return self.silent if time.monotonic() < self.silent_until else None
+
     def next_node(self, rotation: int) -> str:
-        """The nodes in turn, skipping the one that last failed to answer."""
-        nodes = [p for p in self.peers if p != self.silent] or self.peers
+        """The nodes in turn, skipping one that just failed to answer."""
+        nodes = [p for p in self.peers if p != self.distrusted()] or self.peers
         return nodes[rotation % len(nodes)]
 
     def exchange(self, fields: dict, address, deadline: float, matches):

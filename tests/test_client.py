@@ -7,6 +7,7 @@ so the client's retry and redirect rules can be checked one at a time.
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -112,3 +113,15 @@ def test_no_answer_at_all_is_cluster_unavailable_within_the_timeout(fake_nodes):
     with raft.RaftClient([silent.address], timeout=0.5) as client:
         with pytest.raises(raft.ClusterUnavailable, match="outcome is unknown"):
             client.get("x")
+
+
+def test_a_leader_that_missed_one_reply_is_trusted_again(fake_nodes):
+    """One lost datagram must not make the client shun a live leader for
+    good: once the distrust expires, the followers' hint is followed."""
+    leader = fake_nodes(lambda count, request: None if count == 1 else {"ok": True, "result": "v"})
+    follower = fake_nodes(lambda count, request: raft.not_leader(leader.address))
+    with raft.RaftClient([leader.address, follower.address], timeout=5) as client:
+        started = time.monotonic()
+        assert client.get("x") == "v"
+        assert time.monotonic() - started < 2 * raft.RaftClient.DISTRUST_SECONDS + 0.5
+    assert len(leader.requests) == 2
