@@ -1372,14 +1372,16 @@ class NodeServer:
                     batch.append(self.inbox.get_nowait())
             except queue.Empty:
                 pass
+            # First what arrived, then the time that passed: after a stall,
+            # the leader's queued heartbeats count before any election timeout.
+            for item in batch:
+                self.handle(item)
             now = time.monotonic()
             if now - next_tick > 1.0:        # the machine slept: do not replay it
                 next_tick = now
             while now >= next_tick:
                 self.node.tick()
                 next_tick += tick_seconds
-            for item in batch:
-                self.handle(item)
             if self.inbox_overflows:
                 self.node.counters["inbox full"] = self.inbox_overflows
             persist_send_apply(self.node, self.send_message, self.deliver_answer)

@@ -328,11 +328,29 @@ class Cluster:
                        for p in sorted(self.data_dir(port).glob("*.jsonl")))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """When a test with real nodes fails, show the end of every node's log."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for cluster in getattr(item, "raft_clusters", []):
+        for port in cluster.ports:
+            log = cluster.data_dir(port) / "node.log"
+            try:
+                tail = log.read_text(errors="replace").splitlines()[-40:]
+            except OSError:
+                continue
+            report.sections.append((f"node {port} log (last 40 lines)", "\n".join(tail)))
+
+
 @pytest.fixture
-def cluster_factory(tmp_path):
+def cluster_factory(tmp_path, request):
     """make(n=3, extra_args=FAST, start=True) -> a Cluster, with a leader
     elected when started. Every process of every cluster is stopped at teardown."""
     clusters: list[Cluster] = []
+    request.node.raft_clusters = clusters
 
     def make(n: int = 3, extra_args=FAST, start: bool = True) -> Cluster:
         cluster = Cluster(tmp_path / f"cluster{len(clusters)}", n, extra_args)
