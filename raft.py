@@ -1179,8 +1179,9 @@ class RaftNode:
             index = self.last_applied
             entry = self.log.entry(index)
             answer = self.apply_entry(entry)
-            self.logger.info("[COMMIT] %d %d %s", index, entry.term,
-                             json.dumps(entry.command, separators=(",", ":")))
+            if self.logger.isEnabledFor(logging.INFO):   # spare the encoding otherwise
+                self.logger.info("[COMMIT] %d %d %s", index, entry.term,
+                                 json.dumps(entry.command, separators=(",", ":")))
             if entry.command is not None:
                 self.proposed.pop((entry.command["client"], entry.command["seq"]), None)
             for request_id, term in self.waiting.pop(index, {}).items():
