@@ -90,6 +90,9 @@ import collections
 import dataclasses
 import enum
 import fcntl
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -123,6 +126,8 @@ DATAGRAM_HEADROOM_BYTES = 1024     # an AppendEntries' fields besides its entrie
 MAX_SESSIONS = 10000               # client sessions kept; least recent evicted
 MAX_PENDING_READS = 10000          # reads waiting on one leader; more are refused
 MAX_INBOX_ITEMS = 10000            # datagrams queued for the owner; more are dropped
+TAG_BYTES = 32                     # HMAC-SHA256 tag in front of every datagram, with a key
+MAX_RECEIVE_BYTES = 65000 + TAG_BYTES   # the largest datagram any node or client sends
 MAX_ID_CHARS = 256                 # node and client ids on the wire
 MAX_WIRE_INTEGER = 2 ** 63 - 1     # terms, indexes, sequence numbers: a sender
                                    # must not plant a term too big to write back
@@ -137,7 +142,18 @@ class ClusterUnavailable(RaftError):
 
 
 class ProtocolError(ValueError):
-    """A datagram that is not a well-formed message. Dropped and counted."""
+    """A datagram that is not a well-formed message. Dropped and counted
+    under reason, one of a fixed few (DROP_REASONS): the text may quote
+    what the sender wrote, the counter name never does."""
+
+    def __init__(self, detail: str, reason: str = "bad field"):
+        super().__init__(detail)
+        self.reason = reason
+
+
+# Why a datagram was dropped: the keys of status()["dropped"].
+DROP_REASONS = ("unauthenticated", "oversized", "not JSON", "unknown type", "bad field",
+                "not from a member", "inbox full")
 
 
 class DataDirInUse(Exception):
@@ -294,7 +310,7 @@ def decode_message(fields: dict):
     """The inverse of encode_message. Raises ProtocolError, never anything else."""
     cls = MESSAGE_TYPES.get(fields.get("type"))
     if cls is None:
-        raise ProtocolError(f"unknown message type {fields.get('type')!r}")
+        raise ProtocolError(f"unknown message type {fields.get('type')!r}", "unknown type")
     names = {f.name for f in dataclasses.fields(cls)}
     required = {f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING}
@@ -1261,10 +1277,58 @@ def decode_datagram(data: bytes) -> dict:
     try:
         fields = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ProtocolError("not JSON") from None
+        raise ProtocolError("not JSON", "not JSON") from None
     if type(fields) is not dict or type(fields.get("type")) is not str:
-        raise ProtocolError("not a message object")
+        raise ProtocolError("not a message object", "not JSON")
     return fields
+
+
+# -- [7.1] authentication: an HMAC-SHA256 tag on every datagram ----------------------
+# With a cluster key (--key-file) every datagram, peer or client, is TAG + BODY:
+# BODY is the JSON message and TAG = HMAC-SHA256(key, BODY). The receiver
+# recomputes the tag and compares in constant time (hmac.compare_digest), so
+# timing tells a forger nothing. Without the key no one can make a datagram a
+# node accepts. A datagram captured and replayed later is harmless: Raft already
+# survives duplicated, delayed messages, and client sequence numbers stop a
+# request being applied twice (docs/security.md says why, step by step).
+
+def seal(key: bytes | None, body: bytes) -> bytes:
+    """The datagram to send: body, tagged when the cluster has a key."""
+    if key is None:
+        return body
+    return hmac.new(key, body, hashlib.sha256).digest() + body
+
+
+def unseal(key: bytes | None, data: bytes) -> bytes:
+    """The body of a datagram we should read; ProtocolError if not."""
+    if len(data) > MAX_RECEIVE_BYTES:
+        raise ProtocolError(f"{len(data)} bytes is more than any node sends", "oversized")
+    if key is None:
+        return data
+    tag, body = data[:TAG_BYTES], data[TAG_BYTES:]
+    expected = hmac.new(key, body, hashlib.sha256).digest()
+    if not hmac.compare_digest(tag, expected):
+        raise ProtocolError("missing or wrong authentication tag", "unauthenticated")
+    return body
+
+
+def resolve_address(node_id: str) -> tuple[str, int]:
+    """A member's (IP, port), as a datagram from it shows its source."""
+    host, port = split_address(node_id)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        try:
+            return socket.gethostbyname(host), port
+        except OSError:
+            return host, port               # unresolvable: nothing will match it
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class NodeServer:
@@ -1275,10 +1339,17 @@ class NodeServer:
                  election_timeout_ms: tuple[int, int] = DEFAULT_ELECTION_TIMEOUT_MS,
                  heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
                  max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
-                 logger: logging.Logger | None = None):
+                 logger: logging.Logger | None = None, key: bytes | None = None):
         self.id = node_id
         self.logger = logger or logging.getLogger("raft")
         self.max_datagram_bytes = max_datagram_bytes
+        self.key = key
+        # Peer messages are read only from the members' own addresses.
+        self.member_addresses = {member: resolve_address(member) for member in members}
+        # Datagrams the receiver thread drops (bad tag, oversized, inbox
+        # full), counted under its lock; status() adds the owner's counts.
+        self.receiver_drops: collections.Counter = collections.Counter()
+        self.receiver_lock = threading.Lock()
         config = Config(
             election_timeout_ticks=(ms_to_ticks(election_timeout_ms[0]),
                                     ms_to_ticks(election_timeout_ms[1])),
@@ -1300,7 +1371,6 @@ class NodeServer:
             self.socket.close()
             raise
         self.inbox: queue.Queue = queue.Queue(maxsize=MAX_INBOX_ITEMS)
-        self.inbox_overflows = 0
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.on_change: Callable[[str], None] | None = None
@@ -1347,10 +1417,20 @@ class NodeServer:
                 if self.stopping.is_set():
                     return
                 continue
+            # Authenticate here, before the queue: a flood of forgeries costs
+            # one HMAC each and never reaches the owner thread.
             try:
-                self.inbox.put_nowait(("datagram", data, address))
+                body = unseal(self.key, data)
+                self.inbox.put_nowait(("datagram", body, address))
+            except ProtocolError as error:
+                self.count_receiver_drop(error.reason, address, error)
             except queue.Full:               # the owner is overwhelmed: shed load
-                self.inbox_overflows += 1
+                self.count_receiver_drop("inbox full", address, "the owner is behind")
+
+    def count_receiver_drop(self, reason: str, address, detail) -> None:
+        with self.receiver_lock:
+            self.receiver_drops[reason] += 1
+        self.logger.debug("dropped a datagram from %s: %s", address, detail)
 
     def own_forever(self) -> None:
         try:
@@ -1383,8 +1463,6 @@ class NodeServer:
             while now >= next_tick:
                 self.node.tick()
                 next_tick += tick_seconds
-            if self.inbox_overflows:
-                self.node.counters["inbox full"] = self.inbox_overflows
             persist_send_apply(self.node, self.send_message, self.deliver_answer)
             self.notice_changes()
 
@@ -1406,20 +1484,38 @@ class NodeServer:
             fields = decode_datagram(data)
             kind = fields["type"]
             if kind in MESSAGE_TYPES:
-                self.node.step(decode_message(fields))
+                self.handle_peer_message(decode_message(fields), address)
             elif kind == "ClientRequest":
                 self.handle_client_request(fields, address)
             elif kind == "StatusRequest":
                 nonce = _check_field("nonce", fields.get("nonce"), "int")
                 self.send_datagram({"type": "StatusReply", "nonce": nonce,
-                                    "status": self.node.status()}, address)
+                                    "status": self.status()}, address)
             else:
-                raise ProtocolError(f"unknown message type {kind!r}")
+                raise ProtocolError(f"unknown message type {kind!r}", "unknown type")
         except ProtocolError as error:
             # Counted under a fixed name: a sender must not be able to grow
             # the table (or the status reply) with strings of its choosing.
-            self.node.counters["malformed datagram"] += 1
+            self.node.counters[error.reason] += 1
             self.logger.debug("dropped a datagram from %s: %s", address, error)
+
+    def handle_peer_message(self, message, address) -> None:
+        """RPCs and replies count only from the member they name, sent from
+        that member's own address (and, with a key, authentic)."""
+        sender = message_sender(message)
+        if self.member_addresses.get(sender) != address:
+            raise ProtocolError(f"{type(message).__name__} from {address[0]}:{address[1]} "
+                                f"names {sender!r}", "not from a member")
+        self.node.step(message)
+
+    def status(self) -> dict:
+        """The node's status plus the runtime's view. Owner thread only."""
+        status = self.node.status()
+        with self.receiver_lock:
+            for reason, count in self.receiver_drops.items():
+                status["dropped"][reason] = status["dropped"].get(reason, 0) + count
+        status["authenticated"] = self.key is not None
+        return status
 
     def handle_client_request(self, fields: dict, address) -> None:
         client_id = _check_field("client_id", fields.get("client_id"), "id")
@@ -1453,7 +1549,7 @@ class NodeServer:
                               len(data), fields.get("type"), self.max_datagram_bytes)
             return
         try:
-            self.socket.sendto(data, address)
+            self.socket.sendto(seal(self.key, data), address)
         except OSError as error:           # unreachable peer: the loss Raft tolerates
             self.logger.debug("send to %s failed: %s", address, error)
 
@@ -1502,8 +1598,12 @@ class RaftClient:
         self.peers = [normalize_address(p) for p in peers]
         if not self.peers:
             raise ValueError("RaftClient needs at least one node address")
-        if key is not None:
-            raise RaftError("authenticated clusters (key=) are not supported yet")
+        if isinstance(key, str):
+            key = key.encode("utf-8")
+        if key is not None and not key.strip():
+            raise ValueError("RaftClient key must not be empty")
+        # As with --key-file, whitespace around the secret is not part of it.
+        self.key = key.strip() if key is not None else None
         self.timeout = timeout
         self.client_id = client_id or uuid.uuid4().hex
         self.seq = 0
@@ -1612,7 +1712,7 @@ class RaftClient:
         """Send one datagram; wait for a reply that matches, or None at deadline."""
         try:
             self.send_error = None
-            self.socket.sendto(encode_datagram(fields), address)
+            self.socket.sendto(seal(self.key, encode_datagram(fields)), address)
         except OSError as error:             # e.g. an address this host cannot reach
             self.send_error = f"cannot send to {address[0]}:{address[1]}: {error.strerror}"
             time.sleep(max(0.0, min(deadline - time.monotonic(), 0.1)))
@@ -1624,7 +1724,7 @@ class RaftClient:
             self.socket.settimeout(remaining)
             try:
                 data, _ = self.socket.recvfrom(65535)
-                reply = decode_datagram(data)
+                reply = decode_datagram(unseal(self.key, data))
             except socket.timeout:
                 return None
             except (OSError, ProtocolError):
@@ -1739,7 +1839,7 @@ class NodePrompt(ClusterPrompt):
 
     def do_status(self, arg):
         """status: this node's role, term, leader, commit index, last applied."""
-        for key, value in self.server.call(RaftNode.status).items():
+        for key, value in self.server.call(lambda node: self.server.status()).items():
             print(f"{key}: {value}")
 
     def do_log(self, arg):
@@ -1759,9 +1859,10 @@ class LocalCluster:
     """Node processes on this machine, for `demo`, `bench` and tests."""
 
     def __init__(self, ports: list[int], data_root: str, machine: str = "kv",
-                 extra_args: Iterable[str] = ()):
+                 extra_args: Iterable[str] = (), key_file: str | None = None):
         self.ports, self.data_root, self.machine = list(ports), data_root, machine
-        self.extra_args = list(extra_args)
+        self.extra_args = list(extra_args) + (["--key-file", key_file] if key_file else [])
+        self.key = read_key_file(key_file)
         self.processes: dict[int, subprocess.Popen] = {}
         self.addresses = [f"127.0.0.1:{port}" for port in self.ports]
 
@@ -1805,7 +1906,7 @@ class LocalCluster:
             self.stop(port)
 
     def statuses(self, timeout: float = 0.3) -> dict[int, dict | None]:
-        with RaftClient(self.addresses, timeout=timeout) as client:
+        with RaftClient(self.addresses, timeout=timeout, key=self.key) as client:
             result = {}
             for port, address in zip(self.ports, self.addresses):
                 try:
@@ -1927,12 +2028,34 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", help="the cluster's nodes, comma-separated PORT or HOST:PORT")
     parser.add_argument("--config", help='JSON file {"nodes": {"name": "HOST:PORT", ...}}')
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
-    parser.add_argument("--key-file", help="cluster secret (not supported yet)")
+    parser.add_argument("--key-file", help="the cluster secret, for a cluster run with --key-file")
 
 
-def reject_key_file(args) -> None:
-    if getattr(args, "key_file", None):
-        raise UsageError("--key-file: authenticated clusters are not supported yet")
+MIN_KEY_BYTES = 16
+
+
+def read_key_file(path: str | None) -> bytes | None:
+    """The cluster secret: the file's bytes without surrounding whitespace.
+    A missing or empty file is an error; a file other users can read, or a
+    short key, gets a warning (the key is the whole of the cluster's trust)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise UsageError(f"--key-file {path}: {error.strerror}") from None
+    if not key:
+        raise UsageError(f"--key-file {path}: the file is empty; put a secret in it, e.g. "
+                         f"python -c 'import secrets; print(secrets.token_hex(32))' > {path}")
+    if mode & 0o004:
+        print(f"warning: --key-file {path} is readable by every user on this machine "
+              f"(chmod 600 {path})", file=sys.stderr)
+    if len(key) < MIN_KEY_BYTES:
+        print(f"warning: --key-file {path} holds only {len(key)} bytes; use at least "
+              f"{MIN_KEY_BYTES} random ones (e.g. secrets.token_hex(32))", file=sys.stderr)
+    return key
 
 
 def node_parser() -> Parser:
@@ -1953,7 +2076,7 @@ def node_parser() -> Parser:
     parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_MS, metavar="MS")
     parser.add_argument("--max-datagram", type=int, default=DEFAULT_MAX_DATAGRAM_BYTES,
                         metavar="BYTES", help="largest datagram sent (2048-65000)")
-    parser.add_argument("--key-file", help="cluster secret (not supported yet)")
+    parser.add_argument("--key-file", help="cluster secret: every datagram is authenticated")
     parser.add_argument("--log-file", help="node log (default DATA_DIR/node.log)")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -2040,14 +2163,19 @@ def watch_parent(parent_pid: int) -> None:
 
 def main_node(argv: list[str]) -> int:
     args = node_parser().parse_args(argv)
-    reject_key_file(args)
     node_id, members = resolve_node(args)
+    key = read_key_file(args.key_file)
     election_timeout = parse_election_timeout(args.election_timeout)
     if args.heartbeat <= 0 or ms_to_ticks(args.heartbeat) >= ms_to_ticks(election_timeout[0]):
         raise UsageError(f"--heartbeat must be positive and, in {TICK_MS} ms ticks, "
                          f"below the election timeout's minimum")
     if not 2048 <= args.max_datagram <= 65000:
         raise UsageError("--max-datagram must be between 2048 and 65000")
+    bind_host = args.host if args.host != "127.0.0.1" else split_address(node_id)[0]
+    if key is None and not is_loopback(bind_host):
+        print(f"warning: {bind_host}:{split_address(node_id)[1]} takes datagrams from the "
+              f"network without --key-file: anyone who can reach it can pose as a member "
+              f"or a client (see docs/security.md)", file=sys.stderr)
     data_dir = args.data_dir or os.path.join("raft-data", node_id.rpartition(":")[2])
     os.makedirs(data_dir, exist_ok=True)
     logger = setup_node_logging(node_id, args.log_file or os.path.join(data_dir, "node.log"),
@@ -2055,7 +2183,7 @@ def main_node(argv: list[str]) -> int:
     stop_on_signals()
     server = NodeServer(node_id, members, data_dir, args.machine,
                         None if args.host == "127.0.0.1" else args.host,
-                        election_timeout, args.heartbeat, args.max_datagram, logger)
+                        election_timeout, args.heartbeat, args.max_datagram, logger, key)
     try:                      # from here on, a signal means a clean stop
         server.start()
         if args.parent_pid:
@@ -2065,7 +2193,7 @@ def main_node(argv: list[str]) -> int:
                 pass
         else:
             server.on_change = lambda text: print(f"* {text}", file=sys.stderr, flush=True)
-            client = RaftClient([node_id, *[m for m in members if m != node_id]])
+            client = RaftClient([node_id, *[m for m in members if m != node_id]], key=key)
             print(f"Raft node {node_id} in a cluster of {len(members)}; "
                   f"data in {data_dir}/. Type help, or Ctrl-D to stop.")
             NodePrompt(server, client).cmdloop()
@@ -2085,7 +2213,7 @@ def main_client(argv: list[str]) -> int:
     add_cluster_options(parser)
     parser.add_argument("words", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    reject_key_file(args)
+    key = read_key_file(args.key_file)
     words = args.words
     usage = {"set": (3, None, "set KEY VALUE"), "get": (2, 2, "get KEY"),
              "incr": (2, 3, "incr KEY [N]"), "del": (2, 2, "del KEY"),
@@ -2095,7 +2223,7 @@ def main_client(argv: list[str]) -> int:
     low, high, form = usage[words[0]]
     if len(words) < low or (high and len(words) > high):
         raise UsageError(f"usage: raft.py client [options] {form}")
-    with RaftClient(cluster_addresses(args), timeout=args.timeout) as client:
+    with RaftClient(cluster_addresses(args), timeout=args.timeout, key=key) as client:
         verb = words[0]
         if verb == "status":
             targets = words[1:] or client.peers
@@ -2124,7 +2252,7 @@ def main_check(argv: list[str]) -> int:
     parser.add_argument("--counter", default="counter", help="the key to increment")
     parser.add_argument("--log-file", default="raft-check.log", help="client log")
     args = parser.parse_args(argv)
-    reject_key_file(args)
+    key = read_key_file(args.key_file)
     if args.ops < 1:
         raise UsageError("--ops must be at least 1")
     logger = logging.getLogger("raft.check")
@@ -2133,7 +2261,7 @@ def main_check(argv: list[str]) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(handler)
     previous = None
-    with RaftClient(cluster_addresses(args), timeout=args.timeout) as client:
+    with RaftClient(cluster_addresses(args), timeout=args.timeout, key=key) as client:
         logger.info("check: %d increments of %r on %s", args.ops, args.counter, client.peers)
         for number in range(1, args.ops + 1):
             written = client.incr(args.counter)
@@ -2175,6 +2303,7 @@ def main_demo(argv: list[str]) -> int:
                         help="nodes use BASE, BASE+1, BASE+2 (default 8000)")
     parser.add_argument("--data-dir", default=os.path.join("raft-data", "demo"))
     parser.add_argument("--machine", choices=("kv", "counter"), default="kv")
+    parser.add_argument("--key-file", help="run the cluster authenticated with this secret")
     args = parser.parse_args(argv)
     ports = [args.base_port + i for i in range(3)]
     for port in ports:
@@ -2185,7 +2314,7 @@ def main_demo(argv: list[str]) -> int:
             raise UsageError(f"UDP port {port} is in use (another node?); try --base-port") from None
         finally:
             probe.close()
-    cluster = LocalCluster(ports, args.data_dir, args.machine)
+    cluster = LocalCluster(ports, args.data_dir, args.machine, key_file=args.key_file)
     stop_on_signals()
     try:
         for port in ports:
@@ -2194,7 +2323,7 @@ def main_demo(argv: list[str]) -> int:
               f"(data and logs in {args.data_dir}/PORT/).")
         leader = cluster.wait_for_leader(timeout=10)
         print(f"Leader: {leader}" if leader else "No leader yet; try status in a moment.")
-        with RaftClient(cluster.addresses) as client:
+        with RaftClient(cluster.addresses, key=cluster.key) as client:
             DemoPrompt(cluster, client).cmdloop()
     except KeyboardInterrupt:
         print()
@@ -2210,7 +2339,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def bench_workload(addresses: list[str], clients: int, seconds: float,
-                   read_ratio: float) -> dict[str, list[float]]:
+                   read_ratio: float, key: bytes | None = None) -> dict[str, list[float]]:
     """C client threads, each one request at a time, for D seconds."""
     latencies: dict[str, list[float]] = {"write": [], "read": []}
     errors = []
@@ -2218,17 +2347,17 @@ def bench_workload(addresses: list[str], clients: int, seconds: float,
 
     def run(number: int):
         rng = random.Random(number)
-        with RaftClient(addresses, timeout=5.0) as client:
+        with RaftClient(addresses, timeout=5.0, key=key) as client:
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 kind = "read" if rng.random() < read_ratio else "write"
-                key = f"bench-{rng.randrange(100)}"
+                name = f"bench-{rng.randrange(100)}"
                 started = time.perf_counter()
                 try:
                     if kind == "read":
-                        client.get(key)
+                        client.get(name)
                     else:
-                        client.set(key, str(number))
+                        client.set(name, str(number))
                 except RaftError as error:
                     errors.append(str(error))
                     continue
@@ -2247,7 +2376,7 @@ def bench_workload(addresses: list[str], clients: int, seconds: float,
 def bench_failover(cluster: LocalCluster, kills: int) -> list[float]:
     """SIGKILL the leader; time until a write succeeds; restart it; repeat."""
     times = []
-    with RaftClient(cluster.addresses, timeout=10.0) as client:
+    with RaftClient(cluster.addresses, timeout=10.0, key=cluster.key) as client:
         for number in range(kills):
             leader = cluster.wait_for_leader()
             client.set("failover", str(number))
@@ -2288,7 +2417,7 @@ def main_bench(argv: list[str]) -> int:
     parser.add_argument("--kills", type=int, default=5, help="leader kills (local cluster only)")
     parser.add_argument("--machine", choices=("kv", "counter"), default="kv")
     args = parser.parse_args(argv)
-    reject_key_file(args)
+    key = read_key_file(args.key_file)
     if args.clients < 1 or args.seconds <= 0 or not 0 <= args.read_ratio <= 1:
         raise UsageError("need --clients >= 1, --seconds > 0, 0 <= --read-ratio <= 1")
     cluster = None
@@ -2297,7 +2426,8 @@ def main_bench(argv: list[str]) -> int:
         if args.peers or args.config:
             addresses = cluster_addresses(args)
         else:
-            cluster = LocalCluster(free_udp_ports(3), data_root, args.machine)
+            cluster = LocalCluster(free_udp_ports(3), data_root, args.machine,
+                                   key_file=args.key_file)
             for port in cluster.ports:
                 cluster.start(port)
             if cluster.wait_for_leader() is None:
@@ -2306,7 +2436,7 @@ def main_bench(argv: list[str]) -> int:
         print(f"bench: {args.clients} clients for {args.seconds:g} s, "
               f"{args.read_ratio:.0%} reads, on {', '.join(addresses)}")
         print_bench_results(bench_workload(addresses, args.clients, args.seconds,
-                                           args.read_ratio), args.seconds)
+                                           args.read_ratio, key), args.seconds)
         times = bench_failover(cluster, args.kills) if cluster and args.kills > 0 else []
         if times:
             print(f"  failover: SIGKILL leader -> next write answered: median "

@@ -8,7 +8,7 @@ replays exactly.
 
 After every cycle of every node (that is, after every delivered message, tick
 and client request) the checker verifies Raft's safety properties (paper
-Figure 3), incrementally so that it stays cheap:
+Figure 3) on the node that ran, incrementally so that it stays cheap:
 
   Election Safety       at most one leader per term
   Leader Append-Only    a leader never overwrites or deletes its own entries
@@ -41,6 +41,7 @@ the sequence number, not_leader redirects, timeouts that back off.
 
 import collections
 import dataclasses
+import heapq
 import math
 import random
 
@@ -54,9 +55,28 @@ class SafetyViolation(AssertionError):
 
 @dataclasses.dataclass
 class Faults:
-    drop: float = 0.0          # probability a message is lost
+    """What the network does to each message, drawn from the seed.
+
+    One tick is 10 ms (raft.TICK_MS), so MIT_UNRELIABLE below is the MIT
+    6.5840 lab's unreliable network: 10% of requests and 10% of replies
+    lost, 0-26 ms of jitter, and (its "long reordering") about a third of
+    replies held back 200-2200 ms, far behind messages sent after them.
+    """
+    drop: float = 0.0          # probability a request (RequestVote, AppendEntries) is lost
     duplicate: float = 0.0     # probability a message is delivered twice
     delay: tuple = (1, 1)      # delivery delay in ticks, uniform in the range
+    drop_reply: float | None = None    # probability a reply is lost; None: same as drop
+    long_delay: float = 0.0    # probability a reply is held back long_delay_ticks
+    long_delay_ticks: tuple = (20, 220)
+
+    def drops(self, message):
+        is_reply = isinstance(message, REPLIES)
+        return self.drop_reply if is_reply and self.drop_reply is not None else self.drop
+
+
+REPLIES = (raft.RequestVoteReply, raft.AppendEntriesReply)
+MIT_UNRELIABLE = Faults(drop=0.1, delay=(1, 3))
+MIT_LONG_REORDERING = Faults(drop=0.1, delay=(1, 3), long_delay=1 / 3)
 
 
 class SimStorage(raft.MemoryStorage):
@@ -91,7 +111,7 @@ class SimStorage(raft.MemoryStorage):
 
 class SimCluster:
     def __init__(self, size=3, seed=0, faults=None, config=None, machine=kv.KeyValueStore,
-                 rerun=None):
+                 rerun=None, tick_rates=None):
         self.seed = seed
         self.rerun = rerun               # how to rerun this case, shown on failure
         self.rng = random.Random(seed)
@@ -102,8 +122,13 @@ class SimCluster:
         self.storage = {i: SimStorage() for i in self.ids}
         self.nodes = {}
         self.down = set()
-        self.cut = set()                 # (sender, receiver) pairs that drop
-        self.in_flight = []              # [deliver_tick, order, destination, message]
+        self.cut = set()                 # (sender, receiver) links that lose everything
+        # A node whose clock runs at rate r ticks r times per cluster tick on
+        # average (0.5: half as fast). Raft's safety must not depend on clocks.
+        self.tick_rates = dict(tick_rates or {})
+        self.clock_credit = {i: 0.0 for i in self.ids}
+        self.deliveries = 0              # messages delivered so far, all nodes
+        self.in_flight = []              # heap of (deliver_tick, order, destination, message)
         self.order = 0
         self.now = 0
         self.events = collections.deque(maxlen=40)
@@ -147,6 +172,7 @@ class SimCluster:
         if mid_cycle and node is not None:
             mine = [m for m in self.in_flight if m[2] == node_id]
             self.in_flight = [m for m in self.in_flight if m[2] != node_id]
+            heapq.heapify(self.in_flight)
             for _when, _order, _destination, message in sorted(mine, key=lambda m: m[:2]):
                 node.step(message)
             node.tick()
@@ -170,39 +196,55 @@ class SimCluster:
             node, lambda destination, message: self.transmit(node_id, destination, message),
             lambda request_id, answer: self.answers.__setitem__(request_id, answer))
         self.record_applied(node)
-        self.check_safety()
+        self.check_node(node)
 
     def transmit(self, sender, destination, message):
         storage = self.storage[sender]
         if storage.pending:
             self.fail("PERSIST", f"{sender} sends {type(message).__name__} with "
                       f"{len(storage.pending)} unsynced write(s): {storage.pending[:3]}")
-        if (sender, destination) in self.cut or self.rng.random() < self.faults.drop:
+        faults = self.faults
+        if (sender, destination) in self.cut or self.rng.random() < faults.drops(message):
             return
-        copies = 2 if self.rng.random() < self.faults.duplicate else 1
+        copies = 2 if self.rng.random() < faults.duplicate else 1
         for _ in range(copies):
             self.order += 1
-            delay = self.rng.randint(*self.faults.delay)
-            self.in_flight.append([self.now + delay, self.order, destination, message])
+            delay = self.rng.randint(*faults.delay)
+            if (faults.long_delay and isinstance(message, REPLIES)
+                    and self.rng.random() < faults.long_delay):
+                delay = self.rng.randint(*faults.long_delay_ticks)
+            heapq.heappush(self.in_flight, (self.now + delay, self.order, destination, message))
 
     # -- time -------------------------------------------------------------------
     def tick(self, ticks=1):
         for _ in range(ticks):
             self.now += 1
-            due = sorted((m for m in self.in_flight if m[0] <= self.now), key=lambda m: m[:2])
-            if due:
-                self.in_flight = [m for m in self.in_flight if m[0] > self.now]
+            due = []
+            while self.in_flight and self.in_flight[0][0] <= self.now:
+                due.append(heapq.heappop(self.in_flight))
             for _when, _order, destination, message in due:
                 if destination in self.nodes:
                     self.log_event("%s <- %r", destination, message)
                     self.delivered[destination, type(message).__name__] += 1
+                    self.deliveries += 1
                     for observe in self.observers:
                         observe(destination, message)
                     self.nodes[destination].step(message)
                     self.cycle(destination)
             for node_id in list(self.nodes):
-                self.nodes[node_id].tick()
-                self.cycle(node_id)
+                for _ in range(self.clock_ticks(node_id)):
+                    self.nodes[node_id].tick()
+                    self.cycle(node_id)
+
+    def clock_ticks(self, node_id):
+        """How many ticks this node's own clock gives it this cluster tick."""
+        rate = self.tick_rates.get(node_id)
+        if rate is None:
+            return 1
+        self.clock_credit[node_id] += rate
+        ticks = int(self.clock_credit[node_id])
+        self.clock_credit[node_id] -= ticks
+        return ticks
 
     def run_until(self, predicate, max_ticks=2000):
         for _ in range(max_ticks):
@@ -211,12 +253,30 @@ class SimCluster:
             self.tick()
         return predicate()
 
+    # -- network shapes ------------------------------------------------------------
     def partition(self, *groups):
-        """Only nodes in the same group can talk."""
+        """Only nodes in the same group can talk (a node in no group talks to
+        no one)."""
         group_of = {n: i for i, group in enumerate(groups) for n in group}
         self.cut = {(a, b) for a in self.ids for b in self.ids
                     if a != b and group_of.get(a) != group_of.get(b)}
         self.log_event(f"partition {groups}")
+
+    def isolate(self, node_id):
+        """Cut one node off from everyone, both ways."""
+        self.partition([node_id], [n for n in self.ids if n != node_id])
+
+    def cut_one_way(self, sender, receiver):
+        """An asymmetric fault: receiver stops hearing sender, while sender
+        still hears receiver (a half-broken link, a one-way firewall rule)."""
+        self.cut.add((sender, receiver))
+        self.log_event(f"cut {sender} -> {receiver} (one way)")
+
+    def bridge(self, middle, left, right):
+        """middle talks to both sides; left and right cannot talk to each
+        other (the non-transitive partition that can keep elections going)."""
+        self.cut = {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}
+        self.log_event(f"bridge {left} <-> {middle} <-> {right}")
 
     def heal(self):
         self.cut = set()
@@ -270,10 +330,17 @@ class SimCluster:
 
     def check_safety(self):
         for node in self.nodes.values():
-            self.check_leader(node)
-            self.check_durable_vote(node)
-            self.check_log_matching(node)
-            self.check_commits(node)
+            self.check_node(node)
+
+    def check_node(self, node):
+        """Check what one node's cycle may have changed. A cycle changes only
+        its own node, and every check below compares the node with what the
+        checker remembers of all the others, so checking the node that just
+        ran is as strong as checking them all, and much cheaper."""
+        self.check_leader(node)
+        self.check_durable_vote(node)
+        self.check_log_matching(node)
+        self.check_commits(node)
 
     def check_leader(self, node):
         view = self.leader_view.get(node.id)
@@ -369,14 +436,24 @@ class SimClient:
     MAX_ATTEMPT_TICKS, before the client moves on to the next node.
 
     Requests and answers travel instantly; a request sent to a crashed node
-    is lost, so the client waits for that attempt to time out. Call poll()
-    once per tick.
+    is lost, so the client waits for that attempt to time out. With lossy,
+    requests and answers are also lost at the network's drop rate. With
+    give_up_ticks, the client abandons a request that has not been answered
+    after that long, as RaftClient raises ClusterUnavailable after its
+    timeout: the request's outcome is then unknown (it may still commit).
+    Call poll() once per tick.
+
+    history records every request for the linearizability checker: dicts
+    with client, op, call, ret (None: abandoned, outcome unknown), result,
+    error (the cluster's error answer, e.g. incr of a non-integer).
     """
     FIRST_ATTEMPT_TICKS = 10
     MAX_ATTEMPT_TICKS = 100
+    EXPECTED_ERRORS = ("not an integer", "outside the 64-bit range")
 
-    def __init__(self, cluster, client_id, first_node=0):
+    def __init__(self, cluster, client_id, first_node=0, give_up_ticks=None, lossy=False):
         self.cluster, self.id = cluster, client_id
+        self.give_up_ticks, self.lossy = give_up_ticks, lossy
         self.seq = 0
         self.leader = None
         self.rotation = first_node
@@ -387,6 +464,8 @@ class SimClient:
         self.deadline = 0               # when the current attempt times out
         self.resend_at = None           # when to send again; None: waiting
         self.completed = []             # (seq, op, result), in answer order
+        self.history = []               # see the class docstring
+        self.abandoned = 0
 
     @property
     def busy(self):
@@ -396,7 +475,16 @@ class SimClient:
         assert self.op is None, "one request at a time"
         self.seq += 1
         self.op, self.attempt_ids, self.silences = op, [], 0
+        self.history.append({"client": self.id, "op": op, "call": self.cluster.now,
+                             "ret": None, "result": None, "error": None})
         self.send()
+
+    def finish(self, result=None, error=None):
+        record = self.history[-1]
+        record.update(ret=self.cluster.now, result=result, error=error)
+        if error is None:
+            self.completed.append((self.seq, self.op, result))
+        self.op = None
 
     def poll(self):
         if self.op is None:
@@ -404,21 +492,30 @@ class SimClient:
         cluster = self.cluster
         for request_id in self.attempt_ids:
             answer = cluster.answers.pop(request_id, None)
-            if answer is None:
+            if answer is None or self.lost():
                 continue
             if answer.get("ok"):
-                self.completed.append((self.seq, self.op, answer.get("result")))
-                self.op = None
+                self.finish(result=answer.get("result"))
                 return
-            if answer.get("error") != "not_leader":
-                raise AssertionError(
-                    f"client {self.id} request {self.seq} {self.op} answered {answer} "
-                    f"at tick {cluster.now} (seed {cluster.seed}); rerun: {cluster.rerun_hint()}")
+            error = answer.get("error")
+            if error != "not_leader":
+                if not any(expected in str(error) for expected in self.EXPECTED_ERRORS):
+                    raise AssertionError(
+                        f"client {self.id} request {self.seq} {self.op} answered {answer} "
+                        f"at tick {cluster.now} (seed {cluster.seed}); "
+                        f"rerun: {cluster.rerun_hint()}")
+                self.finish(error=error)
+                return
             hint, target = answer.get("leader"), request_id[3]
             self.leader = hint if hint and hint != target else None
             if self.leader is None:
                 self.rotation += 1
             self.resend_at = cluster.now + (1 if self.leader else 2)
+        if (self.give_up_ticks is not None
+                and cluster.now - self.history[-1]["call"] >= self.give_up_ticks):
+            self.abandoned += 1         # unknown outcome: ret stays None
+            self.op = None
+            return
         if self.resend_at is None and cluster.now >= self.deadline:
             self.leader = None          # silence: that node is down or cut off
             self.rotation += 1
@@ -426,6 +523,9 @@ class SimClient:
             self.resend_at = cluster.now
         if self.resend_at is not None and cluster.now >= self.resend_at:
             self.send()
+
+    def lost(self):
+        return self.lossy and self.cluster.rng.random() < self.cluster.faults.drop
 
     def send(self):
         cluster = self.cluster
@@ -435,9 +535,9 @@ class SimClient:
         self.attempt_ids.append(request_id)
         wait = min(self.MAX_ATTEMPT_TICKS, self.FIRST_ATTEMPT_TICKS * 2 ** self.silences)
         self.deadline, self.resend_at = cluster.now + wait, None
-        if target not in cluster.nodes:
-            return                      # lost: the node is down
-        if self.op[0] == "get":
+        if target not in cluster.nodes or self.lost():
+            return                      # lost: the node is down, or the network
+        if cluster.nodes[target].machine.is_read(self.op):
             cluster.read(target, request_id, self.op)
         else:
             cluster.propose(target, request_id, self.id, self.seq, self.op)
