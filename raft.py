@@ -91,7 +91,9 @@ import dataclasses
 import enum
 import fcntl
 import hashlib
+import heapq
 import hmac
+import inspect
 import ipaddress
 import json
 import logging
@@ -655,8 +657,10 @@ class PendingRead:
 NOTHING_IN_FLIGHT, BATCH_SENT, BATCH_WAITED = 0, 1, 2
 
 
-def not_leader(leader_id: str | None) -> dict:
-    return {"ok": False, "error": "not_leader", "leader": leader_id}
+def not_leader(leader_id: str | None, term: int | None = None) -> dict:
+    """The answer of a node that is not the leader: where to go instead (if
+    it knows), and its term, so a client can say what is going on."""
+    return {"ok": False, "error": "not_leader", "leader": leader_id, "term": term}
 
 
 def entry_size(entry: Entry) -> int:
@@ -720,6 +724,9 @@ class RaftNode:
         self.outbox: list[tuple[str, Any]] = []
         self.answers: list[tuple[Any, dict]] = []
         self.counters: collections.Counter = collections.Counter()
+        # Explain mode: also log the frequent decisions (refusals, commits,
+        # back-offs). Elections, votes and step-downs are always logged.
+        self.explaining = False
 
     def random_election_timeout(self) -> int:
         low, high = self.config.election_timeout_ticks
@@ -742,6 +749,11 @@ class RaftNode:
 
     def describe(self) -> str:
         return f"term={self.current_term} {self.role.value}"
+
+    def explain(self, rule: str, text: str) -> None:
+        """Log one decision with the rule that made it and the values it
+        compared. `explain on` at a prompt shows these lines as they happen."""
+        self.logger.info("%s [%s]", text, rule, extra={"rule": rule})
 
     # -- [6.2] inputs ------------------------------------------------------------
     def tick(self) -> None:
@@ -769,6 +781,8 @@ class RaftNode:
         # adopt the term and become a follower before handling the message.
         if message.term > self.current_term:
             leader = message.leader_id if isinstance(message, AppendEntries) else None
+            self.explain("ALL-2", f"sees term {message.term} from {sender}, newer than "
+                                  f"its term {self.current_term}: adopts it as a follower")
             self.become_follower(message.term, leader)
         # [FOL-1] every RPC gets an answer, refusals included (a refusal
         # answered with silence leaves the sender guessing; PySyncObj did that).
@@ -788,7 +802,8 @@ class RaftNode:
         voted_for is cleared only when the term changes: clearing it within a
         term would let this node vote twice in that term (eliben/raft's bug).
         """
-        if term > self.current_term:
+        newer = term > self.current_term
+        if newer:
             self.set_term_and_vote(term, None)
         self.leader_id = leader_id
         if self.role is Role.FOLLOWER:
@@ -797,7 +812,9 @@ class RaftNode:
             # candidate with a stale log, raising the term again and again,
             # could keep better candidates from ever timing out.
             return
-        self.logger.info("%s becomes follower (leader %s)", self.describe(), leader_id)
+        self.explain("ALL-2" if newer else "CAN-3",
+                     f"steps down from {self.role.value} to follower in term {term}"
+                     + (f": {leader_id} leads it" if leader_id else ""))
         was_leader = self.role is Role.LEADER
         self.role = Role.FOLLOWER
         self.election_elapsed = 0
@@ -809,14 +826,18 @@ class RaftNode:
         # [CAN-1] increment the term, vote for ourselves, reset the election
         # timer, and ask every other server for its vote. The vote for
         # ourselves is persisted before any RequestVote leaves (see [PERSIST]).
+        self.explain("FOL-2" if self.role is Role.FOLLOWER else "CAN-4",
+                     f"heard no leader for {self.election_elapsed} ticks (its timeout): "
+                     f"stands for election in term {self.current_term + 1}")
         self.role = Role.CANDIDATE
         self.set_term_and_vote(self.current_term + 1, self.id)
         self.leader_id = None
         self.votes = {self.id}
         self.election_elapsed = 0
         self.election_timeout = self.random_election_timeout()
-        self.logger.info("%s starts an election (last log term %d, index %d)",
-                         self.describe(), self.log.last_term, self.log.last_index)
+        self.explain("CAN-1", f"votes for itself in term {self.current_term} and asks "
+                              f"{', '.join(self.peers)} (its last log: term {self.log.last_term}, "
+                              f"index {self.log.last_index})")
         for peer in self.peers:
             self.send(peer, RequestVote(self.current_term, self.id,
                                         self.log.last_index, self.log.last_term))
@@ -835,8 +856,9 @@ class RaftNode:
         self.in_flight = {peer: NOTHING_IN_FLIGHT for peer in self.peers}
         self.read_round, self.read_round_wanted = 0, False
         self.read_acks = {peer: 0 for peer in self.peers}
-        self.logger.info("%s becomes leader with votes from %s",
-                         self.describe(), ", ".join(sorted(self.votes)))
+        self.explain("CAN-2", f"becomes leader of term {self.current_term}: votes from "
+                              f"{', '.join(sorted(self.votes))}, a majority of "
+                              f"{len(self.members)}")
         # [§8-NOOP] A new leader does not know which entries of earlier terms
         # are committed (LEAD-4 may not count them). Committing an entry of its
         # own term settles that, so it appends a no-op at once.
@@ -849,9 +871,9 @@ class RaftNode:
         """A deposed leader cannot promise anything: clients must retry."""
         for waiters in self.waiting.values():
             for request_id in waiters:
-                self.answer(request_id, not_leader(self.leader_id))
+                self.answer(request_id, not_leader(self.leader_id, self.current_term))
         for request_id in self.pending_reads:
-            self.answer(request_id, not_leader(self.leader_id))
+            self.answer(request_id, not_leader(self.leader_id, self.current_term))
         self.waiting, self.proposed, self.pending_reads = {}, {}, {}
 
     # -- [6.4] elections ----------------------------------------------------------
@@ -883,8 +905,9 @@ class RaftNode:
             granted, reason = True, "its log is up to date"
             self.set_term_and_vote(self.current_term, candidate)
             self.election_elapsed = 0     # see [FOL-2]: granting a vote resets the timer
-        self.logger.info("%s %s vote for %s: %s", self.describe(),
-                         "grants" if granted else "refuses", candidate, reason)
+        rule = "RV-1" if request.term < self.current_term else "RV-2"
+        self.explain(rule, f"{'grants' if granted else 'refuses'} its vote to {candidate} "
+                           f"in term {request.term}: {reason}")
         self.send(candidate, RequestVoteReply(self.current_term, granted, self.id))
 
     def handle_request_vote_reply(self, reply: RequestVoteReply) -> None:
@@ -948,6 +971,9 @@ class RaftNode:
     def handle_append_entries(self, request: AppendEntries) -> None:
         # [AE-1] a leader of an older term is deposed; tell it our term.
         if request.term < self.current_term:
+            if self.explaining:
+                self.explain("AE-1", f"refuses AppendEntries from {request.leader_id}: its "
+                                     f"term {request.term} is older than {self.current_term}")
             self.reply_append_entries(request, success=False)
             return
         # [CAN-3] someone won this term's election; a candidate gives up.
@@ -958,6 +984,8 @@ class RaftNode:
         # [AE-2] our logs must agree at prev_log_index, or the new entries
         # would not extend the same history (Log Matching).
         if self.log.term_at(request.prev_log_index) != request.prev_log_term:
+            if self.explaining:
+                self.explain_log_mismatch(request)
             self.reply_append_entries(request, success=False)
             return
         if not self.store_new_entries(request):
@@ -966,8 +994,12 @@ class RaftNode:
         # [AE-5] learn the commit index, but only as far as our log is known
         # to match the leader's; a reordered, older message never lowers it.
         if request.leader_commit > self.commit_index:
-            self.commit_index = max(self.commit_index,
-                                    min(request.leader_commit, last_new_index))
+            commit_index = max(self.commit_index, min(request.leader_commit, last_new_index))
+            if self.explaining and commit_index > self.commit_index:
+                self.explain("AE-5", f"commits up to index {commit_index}: the leader has "
+                                     f"committed {request.leader_commit}, and our log matches "
+                                     f"its up to {last_new_index}")
+            self.commit_index = commit_index
         self.reply_append_entries(request, success=True, match_index=last_new_index)
 
     def store_new_entries(self, request: AppendEntries) -> None:
@@ -984,14 +1016,23 @@ class RaftNode:
             if existing_term is not None:
                 if index <= self.commit_index:
                     return self.refuse_to_overwrite_committed(request, index)
-                self.logger.info("%s drops entries %d..%d (conflict with term %d)",
-                                 self.describe(), index, self.log.last_index, entry.term)
+                self.explain("AE-3", f"deletes entries {index}..{self.log.last_index}: entry "
+                                     f"{index} has term {existing_term}, the leader's has "
+                                     f"term {entry.term}")
             # [AE-4] append the entries not already in the log.
             new_entries = list(request.entries[offset:])
             self.log.replace_from(index, new_entries)
             self.storage.write_entries(index, new_entries)
             return True
         return True
+
+    def explain_log_mismatch(self, request: AppendEntries) -> None:
+        index = request.prev_log_index
+        ours = self.log.term_at(index)
+        found = (f"our log ends at index {self.log.last_index}" if ours is None
+                 else f"our entry {index} has term {ours}")
+        self.explain("AE-2", f"refuses AppendEntries from {request.leader_id}: it needs "
+                             f"entry {index} of term {request.prev_log_term}, {found}")
 
     def refuse_to_overwrite_committed(self, request: AppendEntries, index: int) -> bool:
         """A real leader never conflicts with a committed entry (Leader
@@ -1040,6 +1081,11 @@ class RaftNode:
                 retry_at = ours + 1 if ours else reply.conflict_index
             self.next_index[peer] = max(self.match_index[peer] + 1,
                                         min(retry_at, self.log.last_index + 1))
+            if self.explaining and self.next_index[peer] != before[1]:
+                self.explain("LEAD-3b", f"{peer} has no match before index {before[1]}: "
+                                        f"retries from {self.next_index[peer]}"
+                                        + (f" (skipping its term {reply.conflict_term}, "
+                                           f"§5.3-HINT)" if reply.conflict_term else ""))
         if (self.match_index[peer], self.next_index[peer]) == before:
             return     # a duplicate or late reply: its batch was already answered
         self.in_flight[peer] = NOTHING_IN_FLIGHT
@@ -1062,16 +1108,26 @@ class RaftNode:
             return
         matched = sorted([self.log.last_index, *self.match_index.values()], reverse=True)
         majority_index = matched[len(self.members) // 2]
-        if (majority_index > self.commit_index
-                and self.log.term_at(majority_index) == self.current_term):
+        if majority_index <= self.commit_index:
+            return
+        if self.log.term_at(majority_index) == self.current_term:
+            if self.explaining:
+                self.explain("LEAD-4", f"commits up to index {majority_index} (term "
+                                       f"{self.current_term}): a majority of {len(self.members)} "
+                                       f"holds it")
             self.commit_index = majority_index
+        elif self.explaining:
+            self.explain("LEAD-4", f"does not commit index {majority_index} although a "
+                                   f"majority holds it: its term "
+                                   f"{self.log.term_at(majority_index)} is not ours "
+                                   f"({self.current_term}), see Figure 8")
 
     # -- [6.6] client commands and sessions (§6.3) ----------------------------
     def propose(self, request_id, client_id: str, seq: int, op: list) -> None:
         """A client asks for op, numbered seq in its session. Answered later,
         once applied, through collect_answers() (or at once if refused)."""
         if self.role is not Role.LEADER:
-            self.answer(request_id, not_leader(self.leader_id))
+            self.answer(request_id, not_leader(self.leader_id, self.current_term))
             return
         try:
             self.machine.check(op)
@@ -1094,6 +1150,9 @@ class RaftNode:
                 return
             # [LEAD-2] append the command to our log; answer once applied.
             index = self.append_to_own_log(command)
+            if self.explaining:
+                self.explain("LEAD-2", f"appends {' '.join(map(str, op))} at index {index} "
+                                       f"(term {self.current_term}); answers once applied")
             self.proposed[(client_id, seq)] = index
         self.waiting.setdefault(index, {})[request_id] = self.current_term
 
@@ -1132,7 +1191,7 @@ class RaftNode:
         newer leader can have committed anything we lack. (3) Answer once
         last_applied reaches the read index."""
         if self.role is not Role.LEADER:
-            self.answer(request_id, not_leader(self.leader_id))
+            self.answer(request_id, not_leader(self.leader_id, self.current_term))
             return
         try:
             self.machine.check(op)
@@ -1202,7 +1261,7 @@ class RaftNode:
                 self.proposed.pop((entry.command["client"], entry.command["seq"]), None)
             for request_id, term in self.waiting.pop(index, {}).items():
                 self.answer(request_id, answer if term == entry.term
-                            else not_leader(self.leader_id))
+                            else not_leader(self.leader_id, self.current_term))
         if self.pending_reads:
             self.answer_ready_reads()
 
@@ -1331,6 +1390,79 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+# -- [7.2] the lab: faults a learner switches on in `raft.py demo` --------------------
+# Demo nodes start with --lab and take LabRequest datagrams from loopback:
+# cut links (partitions), lose, delay or duplicate peer messages, and send
+# explain/trace lines to the demo's terminal. A node without --lab treats a
+# LabRequest like any unknown message: dropped and counted.
+
+@dataclasses.dataclass
+class LinkFaults:
+    """What happens to peer messages this node sends on one link."""
+    drop: float = 0.0            # probability a message is lost
+    duplicate: float = 0.0       # probability it is sent twice
+    delay_ms: int = 0            # held back delay_ms, +-50%, so they also reorder
+
+    @classmethod
+    def decode(cls, raw) -> "LinkFaults":
+        if type(raw) is not dict or not set(raw) <= {"drop", "duplicate", "delay_ms"}:
+            raise ProtocolError("link faults must be {drop, duplicate, delay_ms}")
+        faults = cls(**raw)
+        for name in ("drop", "duplicate"):
+            value = getattr(faults, name)
+            if type(value) not in (int, float) or not 0 <= value <= 1:
+                raise ProtocolError(f"{name} must be a probability")
+        if type(faults.delay_ms) is not int or not 0 <= faults.delay_ms <= 10_000:
+            raise ProtocolError("delay_ms must be 0-10000")
+        return faults
+
+
+class Lab:
+    def __init__(self):
+        self.cut_off: set[str] = set()          # peers we neither hear nor reach
+        self.links: dict[str, LinkFaults] = {}  # peer id, or "*" for every link
+        self.delayed: list = []                 # heap of (due, order, data, address)
+        self.order = 0
+        self.rng = random.Random()
+
+    def faults_for(self, peer: str) -> LinkFaults:
+        return self.links.get(peer) or self.links.get("*") or LinkFaults()
+
+
+def describe_message(message) -> str:
+    """A peer message in a line a person can read (trace mode)."""
+    if isinstance(message, RequestVote):
+        return (f"RequestVote(term {message.term}, last log term {message.last_log_term} "
+                f"index {message.last_log_index})")
+    if isinstance(message, RequestVoteReply):
+        return f"RequestVoteReply(term {message.term}, granted={message.vote_granted})"
+    if isinstance(message, AppendEntries):
+        what = f"{len(message.entries)} entries" if message.entries else "heartbeat"
+        return (f"AppendEntries(term {message.term}, prev {message.prev_log_index}/"
+                f"{message.prev_log_term}, {what}, commit {message.leader_commit})")
+    if message.success:
+        return f"AppendEntriesReply(term {message.term}, ok, match {message.match_index})"
+    return (f"AppendEntriesReply(term {message.term}, refused, conflict index "
+            f"{message.conflict_index} term {message.conflict_term})")
+
+
+def short_id(node_id: str) -> str:
+    """127.0.0.1:8001 -> 8001: on one machine the port says it all."""
+    return node_id[len("127.0.0.1:"):] if node_id.startswith("127.0.0.1:") else node_id
+
+
+class ExplainHandler(logging.Handler):
+    """Passes the core's rule-tagged decisions to the server's event sink."""
+
+    def __init__(self, server: "NodeServer"):
+        super().__init__()
+        self.server = server
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "rule", None) and self.server.node.explaining:
+            self.server.emit_event(record.getMessage())
+
+
 class NodeServer:
     """A RaftNode on a UDP port, with its data dir and threads."""
 
@@ -1339,7 +1471,8 @@ class NodeServer:
                  election_timeout_ms: tuple[int, int] = DEFAULT_ELECTION_TIMEOUT_MS,
                  heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
                  max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
-                 logger: logging.Logger | None = None, key: bytes | None = None):
+                 logger: logging.Logger | None = None, key: bytes | None = None,
+                 lab: bool = False):
         self.id = node_id
         self.logger = logger or logging.getLogger("raft")
         self.max_datagram_bytes = max_datagram_bytes
@@ -1375,6 +1508,12 @@ class NodeServer:
         self.threads: list[threading.Thread] = []
         self.on_change: Callable[[str], None] | None = None
         self.last_seen = (None, None, None)
+        # Explain and trace lines go to event_sink: the node's prompt prints
+        # them; in the lab they travel to the demo's terminal.
+        self.lab = Lab() if lab else None
+        self.tracing = False
+        self.event_sink: Callable[[str], None] | None = None
+        self.logger.addHandler(ExplainHandler(self))
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> "NodeServer":
@@ -1396,6 +1535,9 @@ class NodeServer:
         self.storage.close()
         self.socket.close()
         self.logger.info("stopped")
+        for handler in list(self.logger.handlers):
+            if isinstance(handler, ExplainHandler) and handler.server is self:
+                self.logger.removeHandler(handler)
 
     def call(self, function: Callable[[RaftNode], Any], timeout: float = 5.0):
         """Run function(node) on the owner thread and return its result."""
@@ -1464,6 +1606,8 @@ class NodeServer:
                 self.node.tick()
                 next_tick += tick_seconds
             persist_send_apply(self.node, self.send_message, self.deliver_answer)
+            if self.lab is not None:
+                self.send_delayed(now)
             self.notice_changes()
 
     # -- inputs ----------------------------------------------------------------
@@ -1485,6 +1629,8 @@ class NodeServer:
             kind = fields["type"]
             if kind in MESSAGE_TYPES:
                 self.handle_peer_message(decode_message(fields), address)
+            elif kind == "LabRequest" and self.lab is not None and is_loopback(address[0]):
+                self.handle_lab_request(fields, address)
             elif kind == "ClientRequest":
                 self.handle_client_request(fields, address)
             elif kind == "StatusRequest":
@@ -1506,7 +1652,48 @@ class NodeServer:
         if self.member_addresses.get(sender) != address:
             raise ProtocolError(f"{type(message).__name__} from {address[0]}:{address[1]} "
                                 f"names {sender!r}", "not from a member")
+        if self.lab is not None and sender in self.lab.cut_off:
+            return                              # the lab's partition: never arrived
+        if self.tracing:
+            self.emit_event(f"<- {short_id(sender)} {describe_message(message)}")
         self.node.step(message)
+
+    # -- the lab and the event sink --------------------------------------------------
+    def handle_lab_request(self, fields: dict, address) -> None:
+        nonce = _check_field("nonce", fields.get("nonce"), "int")
+        lab = self.lab
+        if "cut_off" in fields:
+            cut_off = fields["cut_off"]
+            if type(cut_off) is not list or not set(cut_off) <= set(self.node.peers):
+                raise ProtocolError("cut_off must list peers")
+            lab.cut_off = set(cut_off)
+        if "links" in fields:
+            links = fields["links"]
+            if type(links) is not dict or not set(links) <= {"*", *self.node.peers}:
+                raise ProtocolError("links must map peers (or *) to faults")
+            lab.links = {peer: LinkFaults.decode(raw) for peer, raw in links.items()}
+        for flag in ("explain", "trace"):
+            if flag in fields:
+                value = _check_field(flag, fields[flag], "bool")
+                if flag == "explain":
+                    self.node.explaining = value
+                else:
+                    self.tracing = value
+        if "watch_port" in fields:
+            port = _check_field("watch_port", fields["watch_port"], "int")
+            self.event_sink = lambda text: self.send_datagram(
+                {"type": "LabEvent", "text": f"{short_id(self.id)} {text}"}, (address[0], port))
+        self.send_datagram({"type": "LabReply", "nonce": nonce}, address)
+
+    def emit_event(self, text: str) -> None:
+        if self.event_sink is not None:
+            self.event_sink(text.replace("127.0.0.1:", ""))
+
+    def send_delayed(self, now: float) -> None:
+        delayed = self.lab.delayed
+        while delayed and delayed[0][0] <= now:
+            _due, _order, data, address = heapq.heappop(delayed)
+            self.send_bytes(data, address)
 
     def status(self) -> dict:
         """The node's status plus the runtime's view. Owner thread only."""
@@ -1531,7 +1718,27 @@ class NodeServer:
 
     # -- outputs --------------------------------------------------------------------
     def send_message(self, destination: str, message) -> None:
-        self.send_datagram(encode_message(message), split_address(destination))
+        if self.tracing:
+            self.emit_event(f"-> {short_id(destination)} {describe_message(message)}")
+        if self.lab is None:
+            self.send_datagram(encode_message(message), split_address(destination))
+            return
+        # The lab's faults, applied as the message leaves.
+        lab = self.lab
+        faults = lab.faults_for(destination)
+        if destination in lab.cut_off or lab.rng.random() < faults.drop:
+            return
+        copies = 2 if lab.rng.random() < faults.duplicate else 1
+        for _ in range(copies):
+            if faults.delay_ms:
+                delay = faults.delay_ms * lab.rng.uniform(0.5, 1.5) / 1000
+                lab.order += 1
+                data = self.encode_for_sending(encode_message(message))
+                if data is not None:
+                    heapq.heappush(lab.delayed, (time.monotonic() + delay, lab.order, data,
+                                                 split_address(destination)))
+            else:
+                self.send_datagram(encode_message(message), split_address(destination))
 
     def deliver_answer(self, request_id, answer: dict) -> None:
         address, client_id, seq = request_id
@@ -1539,17 +1746,26 @@ class NodeServer:
                             "seq": seq, **answer}, address)
 
     def send_datagram(self, fields: dict, address) -> None:
+        data = self.encode_for_sending(fields)
+        if data is not None:
+            self.send_bytes(data, address)
+
+    def encode_for_sending(self, fields: dict) -> bytes | None:
+        """The datagram's bytes, tagged if we have a key; None if unsendable."""
         try:
             data = encode_datagram(fields)
         except (ValueError, TypeError) as error:   # never expected: say so, keep serving
             self.logger.error("cannot encode a %s: %s", fields.get("type"), error)
-            return
+            return None
         if len(data) > self.max_datagram_bytes:
             self.logger.error("not sending a %d-byte %s: over the %d-byte limit",
                               len(data), fields.get("type"), self.max_datagram_bytes)
-            return
+            return None
+        return seal(self.key, data)
+
+    def send_bytes(self, data: bytes, address) -> None:
         try:
-            self.socket.sendto(seal(self.key, data), address)
+            self.socket.sendto(data, address)
         except OSError as error:           # unreachable peer: the loss Raft tolerates
             self.logger.debug("send to %s failed: %s", address, error)
 
@@ -1611,6 +1827,9 @@ class RaftClient:
         self.send_error: str | None = None
         self.silent: str | None = None      # the node that last failed to answer,
         self.silent_until = 0.0             # distrusted until this monotonic time
+        # Called with a line saying why a request is being retried (prompts
+        # print it, so a learner sees an election happen instead of a pause).
+        self.on_retry: Callable[[str], None] | None = None
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("0.0.0.0", 0))
 
@@ -1678,7 +1897,9 @@ class RaftClient:
                 self.leader, self.silent = None, target
                 self.silent_until = time.monotonic() + self.DISTRUST_SECONDS
                 rotation, silences = rotation + 1, silences + 1
-                last_trouble = self.send_error or f"{target} did not answer"
+                last_trouble = self.retrying(last_trouble, self.send_error or (
+                    f"{target} did not answer (down, cut off, or a leader without a "
+                    f"majority)"))
                 continue
             if target == self.silent:
                 self.silent = None                   # it is back
@@ -1694,10 +1915,40 @@ class RaftClient:
             self.leader = hint if hint not in (None, target, self.distrusted()) else None
             if self.leader is None:
                 rotation += 1
-                last_trouble = "no leader yet: an election is under way"
+                term = reply.get("term")
+                last_trouble = self.retrying(last_trouble, "no leader yet: an election is "
+                                             "under way" + (f" in term {term}" if term else ""))
                 time.sleep(0.02)                     # let the election finish
         raise ClusterUnavailable(f"no leader answered within {self.timeout}s "
                                  f"({last_trouble}); the outcome is unknown")
+
+    def retrying(self, previous: str, trouble: str) -> str:
+        """Report a new reason for retrying (once, not at every attempt)."""
+        if trouble != previous and self.on_retry is not None:
+            self.on_retry(f"{trouble}; retrying")
+        return trouble
+
+    def ask(self, node_id: str, op: list, timeout: float = 2.0) -> str:
+        """Send op to one node only, with no redirect and no retry elsewhere,
+        and say in words what it answered (the demo's `ask`, for learning
+        what a follower or a cut-off leader does with a request)."""
+        self.seq += 1
+        seq = self.seq
+        fields = {"type": "ClientRequest", "client_id": self.client_id, "seq": seq, "op": op}
+        reply = self.exchange(fields, split_address(normalize_address(node_id)),
+                              time.monotonic() + timeout,
+                              lambda r: (r.get("type") == "ClientReply" and r.get("seq") == seq
+                                         and r.get("client_id") == self.client_id))
+        if reply is None:
+            return (f"no answer within {timeout:g}s: it is down or paused, or a leader that "
+                    f"cannot reach a majority to commit (the outcome is unknown)")
+        if reply.get("ok"):
+            return format_answer(op[0], reply.get("result"))
+        if reply.get("error") == "not_leader":
+            leader = reply.get("leader")
+            return (f"not the leader (term {reply.get('term')}); " +
+                    (f"it says {short_id(leader)} leads" if leader else "it knows no leader"))
+        return f"error: {reply.get('error')}"
 
     def distrusted(self) -> str | None:
         """The node that just failed to answer, while that is recent news."""
@@ -1755,6 +2006,22 @@ class ClusterPrompt(cmd.Cmd):
         super().__init__()
         self.client = client
         self.prompt = prompt_text if sys.stdin.isatty() else ""
+        client.on_retry = lambda text: print(f"* {text}", file=sys.stderr, flush=True)
+
+    def do_help(self, arg):
+        """help [CMD]: list the commands, or explain one."""
+        if arg.strip():
+            method = getattr(self, "do_" + arg.strip(), None)
+            if method is None or not method.__doc__:
+                print(f"error: no command {arg.strip()!r}; type help for the list")
+                return
+            print(inspect.cleandoc(method.__doc__))
+            return
+        print("Commands (help CMD tells more):")
+        for name in self.get_names():
+            method = getattr(self, name)
+            if name.startswith("do_") and name != "do_EOF" and method.__doc__:
+                print(f"  {method.__doc__.strip().splitlines()[0]}")
 
     def run(self, verb: str, op_words: list) -> None:
         try:
@@ -1826,6 +2093,14 @@ class ClusterPrompt(cmd.Cmd):
             print(f"error: {error}")
 
 
+def on_off(arg: str) -> bool | None:
+    word = arg.strip().lower()
+    if word not in ("on", "off"):
+        print("error: say on or off")
+        return None
+    return word == "on"
+
+
 def _is_integer(text: str) -> bool:
     return re.fullmatch(r"-?[0-9]{1,18}", text) is not None
 
@@ -1841,6 +2116,25 @@ class NodePrompt(ClusterPrompt):
         """status: this node's role, term, leader, commit index, last applied."""
         for key, value in self.server.call(lambda node: self.server.status()).items():
             print(f"{key}: {value}")
+
+    def do_explain(self, arg):
+        """explain on|off: show each decision and the rule that made it.
+        This node prints each decision it takes, with the tag of the Figure 2
+        rule that made it and the values it compared, e.g.
+          8001 refuses its vote to 8000 in term 5: its last log (term 3,
+          index 7) is behind ours (term 4, index 2) [RV-2]
+        docs/figure2.md maps every rule tag to the code and its tests."""
+        value = on_off(arg)
+        if value is not None:
+            self.server.call(lambda node: setattr(node, "explaining", value))
+            print(f"explain {'on' if value else 'off'}")
+
+    def do_trace(self, arg):
+        """trace on|off: show every message this node sends (->) and receives (<-)."""
+        value = on_off(arg)
+        if value is not None:
+            self.server.call(lambda node: setattr(self.server, "tracing", value))
+            print(f"trace {'on' if value else 'off'}")
 
     def do_log(self, arg):
         """log [N]: the last N entries of this node's log (default 10)."""
@@ -1863,6 +2157,7 @@ class LocalCluster:
         self.ports, self.data_root, self.machine = list(ports), data_root, machine
         self.extra_args = list(extra_args) + (["--key-file", key_file] if key_file else [])
         self.key = read_key_file(key_file)
+        self.paused: set[int] = set()
         self.processes: dict[int, subprocess.Popen] = {}
         self.addresses = [f"127.0.0.1:{port}" for port in self.ports]
 
@@ -1876,7 +2171,7 @@ class LocalCluster:
             self.processes[port] = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), str(port), "--peers", peers,
                  "--no-repl", "--machine", self.machine, "--data-dir", self.data_dir(port),
-                 "--parent-pid", str(os.getpid()), *self.extra_args],
+                 "--parent-pid", str(os.getpid()), "--lab", *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                 start_new_session=True)
 
@@ -1884,14 +2179,27 @@ class LocalCluster:
         process = self.processes.get(port)
         return process is not None and process.poll() is None
 
+    def pause(self, port: int) -> None:
+        """SIGSTOP: the node freezes mid-step, like a long GC pause or a VM
+        migration; its timers and its peers' timers keep running."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+        self.paused.add(port)
+
+    def resume(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+        self.paused.discard(port)
+
     def kill(self, port: int) -> None:
         """SIGKILL: no chance to clean up, like a power cut for the process."""
+        self.paused.discard(port)
         process = self.processes.pop(port, None)
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
 
     def stop(self, port: int) -> None:
+        if port in self.paused:
+            self.resume(port)
         process = self.processes.pop(port, None)
         if process is not None and process.poll() is None:
             process.terminate()
@@ -1925,28 +2233,98 @@ class LocalCluster:
         return None
 
 
+class LabConsole:
+    """The demo's side of the lab: sends LabRequests to the nodes and prints
+    the explain and trace lines they send back."""
+
+    def __init__(self, key: bytes | None):
+        self.key = key
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.replies: queue.Queue = queue.Queue()
+        self.nonce = 0
+        self.closed = False
+        threading.Thread(target=self.receive_forever, daemon=True).start()
+
+    def receive_forever(self) -> None:
+        while not self.closed:
+            try:
+                data, _ = self.socket.recvfrom(65535)
+                fields = decode_datagram(unseal(self.key, data))
+            except (OSError, ProtocolError):
+                continue
+            if fields["type"] == "LabEvent" and type(fields.get("text")) is str:
+                print(f"  {fields['text']}", flush=True)
+            elif fields["type"] == "LabReply":
+                self.replies.put(fields.get("nonce"))
+
+    def send(self, port: int, settings: dict, timeout: float = 1.0) -> bool:
+        """Apply settings on one node; False if it did not confirm in time."""
+        self.nonce += 1
+        fields = {"type": "LabRequest", "nonce": self.nonce, "watch_port": self.port, **settings}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.socket.sendto(seal(self.key, encode_datagram(fields)), ("127.0.0.1", port))
+            try:
+                while True:
+                    if self.replies.get(timeout=0.1) == self.nonce:
+                        return True
+            except queue.Empty:
+                continue
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+        self.socket.close()
+
+
 class DemoPrompt(ClusterPrompt):
-    """The prompt of `python raft.py demo`: the whole cluster in one terminal."""
+    """The prompt of `python raft.py demo`: the whole cluster in one terminal,
+    and a lab to break it in: partitions, lost, slow and doubled messages,
+    paused nodes."""
 
     intro = ("Three Raft nodes are running. Try: set x 5, incr hits, get x, status,\n"
-             "kill PORT (the leader!), status, start PORT. help lists everything.")
+             "kill PORT (the leader!), status, start PORT, partition PORT | PORT PORT,\n"
+             "heal, explain on. help lists everything.")
 
-    def __init__(self, cluster: LocalCluster, client: RaftClient):
+    def __init__(self, cluster: LocalCluster, client: RaftClient, explain: bool = False):
         super().__init__(client, "raft demo> ")
         self.cluster = cluster
+        self.console = LabConsole(cluster.key)
+        self.groups: list[set[int]] = []                 # empty: no partition
+        self.links: dict[tuple[int, int] | str, LinkFaults] = {}   # (a, b) with a < b, or "*"
+        self.flags = {"explain": explain, "trace": False}
 
+    # -- the cluster at a glance --------------------------------------------------------
     def do_status(self, arg):
-        """status: every node's role, term, leader, commit index and log length."""
-        print(f"{'node':<16}{'role':<11}{'term':>5}  {'leader':<16}{'commit':>7}"
-              f"{'applied':>8}{'log':>6}")
+        """status: every node's role, term, leader, log, commit index and network."""
+        print(f"{'node':<7}{'role':<11}{'term':>5}  {'leader':<8}{'log':>5}{'commit':>8}"
+              f"{'applied':>9}  network")
         for port, status in self.cluster.statuses().items():
+            network = self.network_of(port)
             if status is None:
-                state = "stopped" if not self.cluster.is_running(port) else "no answer"
-                print(f"{'127.0.0.1:' + str(port):<16}{state}")
+                state = ("stopped" if not self.cluster.is_running(port) else
+                         "paused" if port in self.cluster.paused else "no answer")
+                print(f"{port:<7}{state:<11}{'':>5}  {'':<8}{'':>5}{'':>8}{'':>9}  {network}")
                 continue
-            print(f"{status['id']:<16}{status['role']:<11}{status['term']:>5}  "
-                  f"{str(status['leader']):<16}{status['commit_index']:>7}"
-                  f"{status['last_applied']:>8}{status['last_log_index']:>6}")
+            leader = short_id(status["leader"]) if status["leader"] else "-"
+            print(f"{port:<7}{status['role']:<11}{status['term']:>5}  {leader:<8}"
+                  f"{status['last_log_index']:>5}{status['commit_index']:>8}"
+                  f"{status['last_applied']:>9}  {network}")
+
+    def network_of(self, port: int) -> str:
+        parts = []
+        cut = self.cut_off(port)
+        if cut:
+            parts.append("cut off from " + " ".join(map(str, sorted(cut))))
+        for link, faults in sorted(self.links.items(), key=str):
+            if link == "*" or port in link:
+                where = "" if link == "*" else f" to {link[1] if link[0] == port else link[0]}"
+                parts += [f"{name} {value}{where}" for name, value in (
+                    ("drop", f"{faults.drop:.0%}"), ("duplicate", f"{faults.duplicate:.0%}"),
+                    ("delay", f"{faults.delay_ms}ms")) if not value.startswith("0")]
+        return ", ".join(parts) or "ok"
 
     def port_argument(self, arg) -> int | None:
         text = arg.strip().rpartition(":")[2]
@@ -1955,6 +2333,7 @@ class DemoPrompt(ClusterPrompt):
             return None
         return int(text)
 
+    # -- processes ----------------------------------------------------------------------
     def do_kill(self, arg):
         """kill PORT: SIGKILL that node, as if its machine lost power."""
         port = self.port_argument(arg)
@@ -1971,7 +2350,167 @@ class DemoPrompt(ClusterPrompt):
             print(f"error: {port} is already running")
             return
         self.cluster.start(port)
+        self.apply_lab([port], timeout=5.0)
         print(f"started {port}")
+
+    def do_pause(self, arg):
+        """pause PORT: freeze that node (SIGSTOP); resume PORT wakes it.
+        It stays silent and keeps its state, then wakes up with stale ideas
+        (a long GC pause, a stalled VM)."""
+        port = self.running_port(arg)
+        if port is not None and port not in self.cluster.paused:
+            self.cluster.pause(port)
+            print(f"paused {port}")
+
+    def do_resume(self, arg):
+        """resume PORT: wake a paused node (SIGCONT)."""
+        port = self.running_port(arg)
+        if port is not None and port in self.cluster.paused:
+            self.cluster.resume(port)
+            print(f"resumed {port}")
+
+    def running_port(self, arg) -> int | None:
+        port = self.port_argument(arg)
+        if port is not None and not self.cluster.is_running(port):
+            print(f"error: {port} is not running")
+            return None
+        return port
+
+    # -- the network ----------------------------------------------------------------------
+    def do_partition(self, arg):
+        """partition PORTS | PORTS: cut the network between groups of nodes.
+        E.g. partition 8000 | 8001 8002. Ports not named form one more group.
+        A group without a majority cannot elect a leader or commit."""
+        groups = []
+        for part in arg.split("|"):
+            ports = [self.port_argument(word) for word in part.split()]
+            if None in ports:
+                return
+            groups.append(set(ports))
+        named = set().union(*groups)
+        rest = set(self.cluster.ports) - named
+        if rest:
+            groups.append(rest)
+        if not arg.strip() or len(groups) < 2 or sum(map(len, groups)) != len(named | rest):
+            print("error: usage: partition PORT [PORT...] | PORT [PORT...] (each port once)")
+            return
+        self.groups = [g for g in groups if g]
+        self.apply_lab()
+        print("partitioned: " + " | ".join(" ".join(map(str, sorted(g))) for g in self.groups))
+
+    def do_heal(self, arg):
+        """heal: end every partition and link fault (drop, delay, duplicate)."""
+        self.groups, self.links = [], {}
+        self.apply_lab()
+        print("healed")
+
+    def do_drop(self, arg):
+        """drop N% [PORT PORT]: lose N% of the messages.
+        On every link, or on the link between two nodes (both ways).
+        drop 0 ends it."""
+        self.set_link_fault("drop", arg, "%")
+
+    def do_duplicate(self, arg):
+        """duplicate N% [PORT PORT]: send N% of the messages twice.
+        On every link, or on the link between two nodes (both ways)."""
+        self.set_link_fault("duplicate", arg, "%")
+
+    def do_delay(self, arg):
+        """delay Nms [PORT PORT]: hold messages back about N ms.
+        Each is held N ms +-50%, so they also arrive out of order. On every
+        link, or on the link between two nodes (both ways). delay 0 ends it."""
+        self.set_link_fault("delay_ms", arg, "ms")
+
+    def set_link_fault(self, name: str, arg: str, unit: str) -> None:
+        words = arg.split()
+        usage = f"error: usage: {name.replace('_ms', '')} N{unit} [PORT PORT]"
+        if len(words) not in (1, 3) or not words[0].removesuffix(unit).isdigit():
+            print(usage)
+            return
+        number = int(words[0].removesuffix(unit))
+        if unit == "%" and number > 100 or unit == "ms" and number > 10_000:
+            print(usage + (" (at most 100%)" if unit == "%" else " (at most 10000ms)"))
+            return
+        link: tuple[int, int] | str = "*"
+        if len(words) == 3:
+            a, b = self.port_argument(words[1]), self.port_argument(words[2])
+            if a is None or b is None:
+                return
+            if a == b:
+                print("error: name two different ports")
+                return
+            link = (min(a, b), max(a, b))
+        faults = dataclasses.replace(self.links.get(link, LinkFaults()),
+                                     **{name: number / 100 if unit == "%" else number})
+        self.links[link] = faults
+        if faults == LinkFaults():
+            del self.links[link]
+        self.apply_lab()
+        print(f"{name.replace('_ms', '')} {number}{unit} on "
+              + ("every link" if link == "*" else f"{link[0]} <-> {link[1]}"))
+
+    def cut_off(self, port: int) -> set[int]:
+        for group in self.groups:
+            if port in group:
+                return set(self.cluster.ports) - group
+        return set()
+
+    def apply_lab(self, ports: Iterable[int] | None = None, timeout: float = 1.0) -> None:
+        """Tell each running node its part of the lab's state."""
+        for port in ports or self.cluster.ports:
+            if not self.cluster.is_running(port) or port in self.cluster.paused:
+                continue
+            links = {}
+            for link, faults in self.links.items():
+                if link == "*":
+                    links["*"] = dataclasses.asdict(faults)
+                elif port in link:
+                    peer = link[1] if link[0] == port else link[0]
+                    links[f"127.0.0.1:{peer}"] = dataclasses.asdict(faults)
+            settings = {"cut_off": [f"127.0.0.1:{p}" for p in sorted(self.cut_off(port))],
+                        "links": links, **self.flags}
+            if not self.console.send(port, settings, timeout):
+                print(f"warning: {port} did not confirm the lab settings")
+
+    # -- seeing inside ----------------------------------------------------------------------
+    def do_explain(self, arg):
+        """explain on|off: show each decision and the rule that made it.
+        Every node prints each decision it takes, with the tag of the Figure 2
+        rule that made it and the values it compared (docs/figure2.md)."""
+        self.set_flag("explain", arg)
+
+    def do_trace(self, arg):
+        """trace on|off: show every message sent (->) and received (<-).
+        Heartbeats included: try it with demo --pace slow."""
+        self.set_flag("trace", arg)
+
+    def set_flag(self, name: str, arg: str) -> None:
+        value = on_off(arg)
+        if value is not None:
+            self.flags[name] = value
+            self.apply_lab()
+            print(f"{name} {'on' if value else 'off'}")
+
+    def do_ask(self, arg):
+        """ask PORT CMD...: send a command to that node only.
+        No redirect and no retry elsewhere, e.g. ask 8000 set x 1: see what
+        a follower, or a leader cut off from its majority, answers."""
+        words = arg.split()
+        port = self.port_argument(words[0]) if words else None
+        if port is None:
+            return
+        op = words[1:]
+        if not op or op[0] not in ("set", "get", "incr", "del"):
+            print("error: usage: ask PORT set KEY VALUE | get KEY | incr KEY [N] | del KEY")
+            return
+        if op[0] == "incr":
+            op = op[:2] + [int(op[2]) if len(op) > 2 and _is_integer(op[2]) else 1]
+        elif op[0] == "set" and len(op) > 3:
+            op = op[:2] + [" ".join(op[2:])]
+        print(f"{port}: {self.client.ask(f'127.0.0.1:{port}', op)}")
+
+    def postloop(self):
+        self.console.close()
 
 
 # ===========================================================================
@@ -2081,7 +2620,10 @@ def node_parser() -> Parser:
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--no-repl", action="store_true", help="no prompt; stop on SIGINT/SIGTERM")
+    parser.add_argument("--explain", action="store_true",
+                        help="print each decision with the Figure 2 rule that made it")
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lab", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -2183,7 +2725,11 @@ def main_node(argv: list[str]) -> int:
     stop_on_signals()
     server = NodeServer(node_id, members, data_dir, args.machine,
                         None if args.host == "127.0.0.1" else args.host,
-                        election_timeout, args.heartbeat, args.max_datagram, logger, key)
+                        election_timeout, args.heartbeat, args.max_datagram, logger, key,
+                        lab=args.lab)
+    server.node.explaining = args.explain
+    server.event_sink = lambda text: print(f"  {short_id(node_id)} {text}",
+                                           file=sys.stderr, flush=True)
     try:                      # from here on, a signal means a clean stop
         server.start()
         if args.parent_pid:
@@ -2297,6 +2843,13 @@ def free_udp_ports(count: int) -> list[int]:
             s.close()
 
 
+# --pace: (election timeout range, heartbeat) in ms. slow is ten times the
+# default, so a person can read each step as it happens.
+PACES = {"normal": (DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS),
+         "slow": ((DEFAULT_ELECTION_TIMEOUT_MS[0] * 10, DEFAULT_ELECTION_TIMEOUT_MS[1] * 10),
+                  DEFAULT_HEARTBEAT_MS * 10)}
+
+
 def main_demo(argv: list[str]) -> int:
     parser = Parser(prog="raft.py demo", description="Three local nodes and one prompt.")
     parser.add_argument("--base-port", type=int, default=8000,
@@ -2304,6 +2857,9 @@ def main_demo(argv: list[str]) -> int:
     parser.add_argument("--data-dir", default=os.path.join("raft-data", "demo"))
     parser.add_argument("--machine", choices=("kv", "counter"), default="kv")
     parser.add_argument("--key-file", help="run the cluster authenticated with this secret")
+    parser.add_argument("--pace", choices=sorted(PACES), default="normal",
+                        help="slow: every timeout x10, so a person can follow each step")
+    parser.add_argument("--explain", action="store_true", help="start with explain on")
     args = parser.parse_args(argv)
     ports = [args.base_port + i for i in range(3)]
     for port in ports:
@@ -2314,17 +2870,24 @@ def main_demo(argv: list[str]) -> int:
             raise UsageError(f"UDP port {port} is in use (another node?); try --base-port") from None
         finally:
             probe.close()
-    cluster = LocalCluster(ports, args.data_dir, args.machine, key_file=args.key_file)
+    election_timeout_ms, heartbeat_ms = PACES[args.pace]
+    cluster = LocalCluster(ports, args.data_dir, args.machine, key_file=args.key_file,
+                           extra_args=["--election-timeout", "%d,%d" % election_timeout_ms,
+                                       "--heartbeat", str(heartbeat_ms)])
     stop_on_signals()
     try:
         for port in ports:
             cluster.start(port)
         print(f"Started nodes on ports {', '.join(map(str, ports))} "
               f"(data and logs in {args.data_dir}/PORT/).")
-        leader = cluster.wait_for_leader(timeout=10)
+        leader = cluster.wait_for_leader(timeout=10 if args.pace == "normal" else 60)
         print(f"Leader: {leader}" if leader else "No leader yet; try status in a moment.")
-        with RaftClient(cluster.addresses, key=cluster.key) as client:
-            DemoPrompt(cluster, client).cmdloop()
+        client_timeout = 5.0 * election_timeout_ms[1] / DEFAULT_ELECTION_TIMEOUT_MS[1]
+        with RaftClient(cluster.addresses, timeout=client_timeout, key=cluster.key) as client:
+            prompt = DemoPrompt(cluster, client, explain=args.explain)
+            if args.explain:
+                prompt.apply_lab()
+            prompt.cmdloop()
     except KeyboardInterrupt:
         print()
     finally:

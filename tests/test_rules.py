@@ -346,8 +346,8 @@ def test_all2_leader_steps_down_on_append_entries_of_a_higher_term():
     before = state(node)
     sent, answers = step(node, heartbeat(3, "n2", 0, 0))
     assert sent == [("n2", AppendEntriesReply(3, True, "n1", match_index=0))]
-    assert answers == [("r1", {**NOT_LEADER, "leader": "n2"}),
-                       ("q1", {**NOT_LEADER, "leader": "n2"})]
+    assert answers == [("r1", {**NOT_LEADER, "leader": "n2", "term": 3}),
+                       ("q1", {**NOT_LEADER, "leader": "n2", "term": 3})]
     assert state(node) == {**before, "role": Role.FOLLOWER, "current_term": 3,
                            "voted_for": None, "leader_id": "n2",
                            "durable": (3, None, before["log"])}
@@ -373,7 +373,7 @@ def test_all2_leader_steps_down_on_an_append_entries_reply_of_a_higher_term():
     before = state(node)
     sent, answers = step(node, AppendEntriesReply(4, False, "n3"))
     assert sent == []
-    assert answers == [("r1", {**NOT_LEADER, "leader": None})]
+    assert answers == [("r1", {**NOT_LEADER, "leader": None, "term": 4})]
     assert state(node) == {**before, "role": Role.FOLLOWER, "current_term": 4,
                            "voted_for": None, "leader_id": None,
                            "durable": (4, None, before["log"])}
@@ -736,7 +736,7 @@ def test_lead2_follower_refuses_a_command_and_names_the_leader():
     step(node, heartbeat(2, "n3", 0, 0))
     before = state(node)
     node.propose("r1", "c1", 1, ["set", "x", "1"])
-    assert cycle(node) == ([], [("r1", {**NOT_LEADER, "leader": "n3"})])
+    assert cycle(node) == ([], [("r1", {**NOT_LEADER, "leader": "n3", "term": 2})])
     assert state(node) == before
 
 
@@ -1398,7 +1398,7 @@ def test_6_4_a_follower_refuses_a_read_and_names_the_leader():
     node = make_node(term=2)
     step(node, heartbeat(2, "n2", 0, 0))
     node.read("q1", ["get", "x"])
-    assert cycle(node) == ([], [("q1", {**NOT_LEADER, "leader": "n2"})])
+    assert cycle(node) == ([], [("q1", {**NOT_LEADER, "leader": "n2", "term": 2})])
 
 
 def test_6_4_one_heartbeat_round_serves_every_read_queued_before_it():
