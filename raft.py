@@ -131,8 +131,11 @@ MAX_INBOX_ITEMS = 10000            # datagrams queued for the owner; more are dr
 TAG_BYTES = 32                     # HMAC-SHA256 tag in front of every datagram, with a key
 MAX_RECEIVE_BYTES = 65000 + TAG_BYTES   # the largest datagram any node or client sends
 MAX_ID_CHARS = 256                 # node and client ids on the wire
-MAX_WIRE_INTEGER = 2 ** 63 - 1     # terms, indexes, sequence numbers: a sender
-                                   # must not plant a term too big to write back
+MAX_WIRE_INTEGER = 2 ** 63 - 1     # indexes, sequence numbers: a sender must not
+                                   # plant a number too big to write back
+MAX_TERM = 2 ** 62                 # terms on the wire: a node that adopted the
+                                   # largest still has 2**62 elections of headroom
+                                   # before its own term leaves the 64-bit range
 
 
 class RaftError(Exception):
@@ -224,6 +227,8 @@ class RequestVoteReply:
     term: int
     vote_granted: bool
     voter_id: str
+    candidate_id: str    # OPT: the candidate it answers, so a copy replayed to
+                         # another candidate of the same term counts for nothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +274,9 @@ def _check_field(name: str, value, kind: str):
     if kind == "int":
         if type(value) is not int or not 0 <= value <= MAX_WIRE_INTEGER:
             raise ProtocolError(f"{name} must be an integer from 0 to 2**63-1")
+    elif kind == "term":
+        if type(value) is not int or not 0 <= value <= MAX_TERM:
+            raise ProtocolError(f"{name} must be an integer from 0 to 2**62")
     elif kind == "bool":
         if type(value) is not bool:
             raise ProtocolError(f"{name} must be true or false")
@@ -278,18 +286,18 @@ def _check_field(name: str, value, kind: str):
     return value
 
 
-_FIELD_KINDS = {"term": "int", "candidate_id": "id", "last_log_index": "int",
-                "last_log_term": "int", "vote_granted": "bool", "voter_id": "id",
-                "leader_id": "id", "prev_log_index": "int", "prev_log_term": "int",
+_FIELD_KINDS = {"term": "term", "candidate_id": "id", "last_log_index": "int",
+                "last_log_term": "term", "vote_granted": "bool", "voter_id": "id",
+                "leader_id": "id", "prev_log_index": "int", "prev_log_term": "term",
                 "leader_commit": "int", "read_round": "int", "success": "bool",
                 "follower_id": "id", "match_index": "int", "conflict_index": "int",
-                "conflict_term": "int"}
+                "conflict_term": "term"}
 
 
 def decode_entry(raw) -> Entry:
     if type(raw) is not dict or set(raw) != {"term", "command"}:
         raise ProtocolError("an entry must be {term, command}")
-    _check_field("entry term", raw["term"], "int")
+    _check_field("entry term", raw["term"], "term")
     if raw["term"] < 1:
         raise ProtocolError("entry term must be at least 1")
     return Entry(raw["term"], check_entry_command(raw["command"]))
@@ -518,7 +526,7 @@ class JsonLinesStorage:
                     raise ValueError("no newline at the end")
                 records.append(parse(json.loads(raw.decode("utf-8"))))
             except (ValueError, TypeError, KeyError, UnicodeDecodeError,
-                    ProtocolError) as error:
+                    RecursionError, ProtocolError) as error:
                 torn = is_last or (number == len(lines) - 1 and lines[-1] == b"")
                 if not torn:
                     raise StorageError(path, number, f"damaged line: {error}")
@@ -908,12 +916,13 @@ class RaftNode:
         rule = "RV-1" if request.term < self.current_term else "RV-2"
         self.explain(rule, f"{'grants' if granted else 'refuses'} its vote to {candidate} "
                            f"in term {request.term}: {reason}")
-        self.send(candidate, RequestVoteReply(self.current_term, granted, self.id))
+        self.send(candidate, RequestVoteReply(self.current_term, granted, self.id, candidate))
 
     def handle_request_vote_reply(self, reply: RequestVoteReply) -> None:
         # Judge the reply against our term now, not the one we had when we
         # asked: a reply from an earlier election must not count.
-        if self.role is not Role.CANDIDATE or reply.term != self.current_term:
+        if (self.role is not Role.CANDIDATE or reply.term != self.current_term
+                or reply.candidate_id != self.id):
             return
         if reply.vote_granted:
             self.votes.add(reply.voter_id)

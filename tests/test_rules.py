@@ -136,7 +136,7 @@ def make_leader(node_id="n1", *, term, log=(), members=MEMBERS, config=CONFIG,
     node = make_candidate(node_id, term=term, log=log, members=members, config=config,
                           machine=machine)
     for voter in node.peers[:len(members) // 2]:
-        node.step(RequestVoteReply(term, True, voter))
+        node.step(RequestVoteReply(term, True, voter, node.id))
     assert node.role is Role.LEADER
     cycle(node)
     for peer in acked:
@@ -185,12 +185,12 @@ def test_persist_granted_vote_is_synced_before_the_reply_and_survives_a_crash():
         sent.append((destination, message))
 
     raft.persist_send_apply(node, send, lambda *answer: pytest.fail("no client here"))
-    assert sent == [("n2", RequestVoteReply(2, True, "n1"))]
+    assert sent == [("n2", RequestVoteReply(2, True, "n1", "n2"))]
 
     restarted = restart(node)
     assert (restarted.current_term, restarted.voted_for) == (2, "n2")
     restarted.step(RequestVote(2, "n3", 0, 0))
-    assert restarted.collect_messages() == [("n3", RequestVoteReply(2, False, "n1"))]
+    assert restarted.collect_messages() == [("n3", RequestVoteReply(2, False, "n1", "n3"))]
 
 
 def test_persist_candidate_term_and_self_vote_are_synced_before_request_vote():
@@ -358,7 +358,7 @@ def test_all2_candidate_steps_down_on_a_vote_reply_of_a_higher_term():
     a candidate adopt the term and become a follower, with no vote."""
     node = make_candidate(term=2)
     before = state(node)
-    sent, answers = step(node, RequestVoteReply(5, False, "n2"))
+    sent, answers = step(node, RequestVoteReply(5, False, "n2", node.id))
     assert (sent, answers) == ([], [])
     assert state(node) == {**before, "role": Role.FOLLOWER, "current_term": 5,
                            "voted_for": None, "durable": (5, None, [])}
@@ -385,7 +385,7 @@ def test_all2_higher_term_clears_the_vote_of_the_old_term():
     node = make_node(term=2, voted_for="n2")
     before = state(node)
     sent, answers = step(node, RequestVote(3, "n3", 0, 0))
-    assert (sent, answers) == ([("n3", RequestVoteReply(3, True, "n1"))], [])
+    assert (sent, answers) == ([("n3", RequestVoteReply(3, True, "n1", "n3"))], [])
     assert state(node) == {**before, "current_term": 3, "voted_for": "n3",
                            "durable": (3, "n3", [])}
 
@@ -408,7 +408,7 @@ def test_all2_same_or_lower_term_never_changes_term_or_vote():
     node = make_node(term=4, voted_for="n2")
     before = state(node)
     sent, answers = step(node, RequestVote(3, "n3", 9, 3))
-    assert (sent, answers) == ([("n3", RequestVoteReply(4, False, "n1"))], [])
+    assert (sent, answers) == ([("n3", RequestVoteReply(4, False, "n1", "n3"))], [])
     assert state(node) == before
 
 
@@ -423,7 +423,7 @@ def test_fol1_refused_vote_is_answered_not_silent():
     node = make_node(term=2, voted_for="n2")
     before = state(node)
     sent, answers = step(node, RequestVote(2, "n3", 0, 0))
-    assert (sent, answers) == ([("n3", RequestVoteReply(2, False, "n1"))], [])
+    assert (sent, answers) == ([("n3", RequestVoteReply(2, False, "n1", "n3"))], [])
     assert state(node) == before
 
 
@@ -455,7 +455,7 @@ def test_fol1_leader_answers_a_request_vote_of_its_own_term_with_a_refusal():
     node = make_leader(term=2)
     before = state(node)
     sent, answers = step(node, RequestVote(2, "n3", 5, 2))
-    assert (sent, answers) == ([("n3", RequestVoteReply(2, False, "n1"))], [])
+    assert (sent, answers) == ([("n3", RequestVoteReply(2, False, "n1", "n3"))], [])
     assert state(node) == before
 
 
@@ -495,7 +495,7 @@ def test_fol2_granting_a_vote_resets_the_election_timer():
     node = make_node(term=2)
     timeout = node.election_timeout
     tick(node, timeout - 1)
-    assert step(node, RequestVote(2, "n2", 0, 0)) == ([("n2", RequestVoteReply(2, True, "n1"))], [])
+    assert step(node, RequestVote(2, "n2", 0, 0)) == ([("n2", RequestVoteReply(2, True, "n1", "n2"))], [])
     assert tick(node, timeout - 1) == ([], [])
     assert node.role is Role.FOLLOWER
 
@@ -518,7 +518,7 @@ def test_fol2_refusing_a_stale_log_candidate_of_a_higher_term_does_not_reset_the
     node = make_node(term=2, log=[1, 2])
     tick(node, node.election_timeout - 1)
     sent, _ = step(node, RequestVote(5, "n3", 1, 1))
-    assert sent == [("n3", RequestVoteReply(5, False, "n1"))]
+    assert sent == [("n3", RequestVoteReply(5, False, "n1", "n3"))]
     sent, _ = tick(node)
     assert node.role is Role.CANDIDATE
     assert sent == [("n2", RequestVote(6, "n1", 2, 2)), ("n3", RequestVote(6, "n1", 2, 2))]
@@ -567,7 +567,7 @@ def test_can2_votes_from_a_majority_make_a_leader():
     its no-op ([§8-NOOP])."""
     node = make_candidate(term=2, log=[1])
     before = state(node)
-    sent, answers = step(node, RequestVoteReply(2, True, "n2"))
+    sent, answers = step(node, RequestVoteReply(2, True, "n2", node.id))
     noop = Entry(2, None)
     assert sent == [(peer, AppendEntries(2, "n1", 1, 1, (noop,), 0)) for peer in ("n2", "n3")]
     assert answers == []
@@ -581,12 +581,12 @@ def test_can2_refused_and_duplicated_votes_do_not_make_a_majority():
     """[CAN-2] §5.2: only distinct granted votes count: in a cluster of five,
     a duplicated 'yes' and a 'no' leave the candidate one vote short."""
     node = make_candidate(term=2, members=FIVE)
-    for reply in (RequestVoteReply(2, True, "n2"), RequestVoteReply(2, True, "n2"),
-                  RequestVoteReply(2, False, "n3")):
+    for reply in (RequestVoteReply(2, True, "n2", node.id), RequestVoteReply(2, True, "n2", node.id),
+                  RequestVoteReply(2, False, "n3", node.id)):
         assert step(node, reply) == ([], [])
         assert node.role is Role.CANDIDATE
     assert node.votes == {"n1", "n2"}
-    sent, _ = step(node, RequestVoteReply(2, True, "n4"))
+    sent, _ = step(node, RequestVoteReply(2, True, "n4", node.id))
     assert node.role is Role.LEADER
     assert [destination for destination, _ in sent] == ["n2", "n3", "n4", "n5"]
 
@@ -597,7 +597,7 @@ def test_can2_a_vote_from_an_earlier_election_does_not_count():
     node = make_candidate(term=2)
     tick(node, node.election_timeout)                     # [CAN-4]: term 3
     before = state(node)
-    assert step(node, RequestVoteReply(2, True, "n2")) == ([], [])
+    assert step(node, RequestVoteReply(2, True, "n2", node.id)) == ([], [])
     assert state(node) == before
     assert (node.role, node.current_term, node.votes) == (Role.CANDIDATE, 3, {"n1"})
 
@@ -630,7 +630,7 @@ def test_can4_election_timeout_while_candidate_starts_a_new_election():
     """[CAN-4] Figure 2 rules for candidates, §5.2: a split vote times out;
     the candidate starts over in a higher term and forgets the old votes."""
     node = make_candidate(term=2, log=[1], members=FIVE)
-    step(node, RequestVoteReply(2, True, "n2"))
+    step(node, RequestVoteReply(2, True, "n2", node.id))
     before = state(node)
     sent, answers = tick(node, node.election_timeout)
     assert sent == [(peer, RequestVote(3, "n1", 1, 1)) for peer in ("n2", "n3", "n4", "n5")]
@@ -659,8 +659,8 @@ def test_lead1_new_leader_sends_append_entries_to_every_follower_at_once():
     """[LEAD-1] Figure 2 rules for leaders, §5.2: upon election, send
     AppendEntries to each server, before any timer fires."""
     node = make_candidate(term=4, log=[1, 1], members=FIVE)
-    step(node, RequestVoteReply(4, True, "n3"))
-    sent, answers = step(node, RequestVoteReply(4, True, "n5"))
+    step(node, RequestVoteReply(4, True, "n3", node.id))
+    sent, answers = step(node, RequestVoteReply(4, True, "n5", node.id))
     noop = Entry(4, None)
     assert sent == [(peer, AppendEntries(4, "n1", 2, 1, (noop,), 0))
                     for peer in ("n2", "n3", "n4", "n5")]
@@ -701,7 +701,7 @@ def test_lead1_heartbeat_interval_restarts_at_each_election():
     tick(node, CONFIG.heartbeat_ticks - 1)                   # a heartbeat almost due
     step(node, heartbeat(3, "n2", 1, 2, leader_commit=1))    # [ALL-2]: deposed
     tick(node, node.election_timeout)                        # [FOL-2]: term 4
-    sent, _ = step(node, RequestVoteReply(4, True, "n3"))    # [CAN-2]: elected
+    sent, _ = step(node, RequestVoteReply(4, True, "n3", node.id))    # [CAN-2]: elected
     noop = Entry(4, None)
     assert sent == [(peer, AppendEntries(4, "n1", 1, 2, (noop,), 1)) for peer in ("n2", "n3")]
     step(node, AppendEntriesReply(4, True, "n2", match_index=2))
@@ -1170,7 +1170,7 @@ def test_rv1_refuses_a_candidate_of_an_older_term():
     node = make_node(term=5, log=[1])
     before = state(node)
     sent, answers = step(node, RequestVote(4, "n2", 10, 4))
-    assert (sent, answers) == ([("n2", RequestVoteReply(5, False, "n1"))], [])
+    assert (sent, answers) == ([("n2", RequestVoteReply(5, False, "n1", "n2"))], [])
     assert state(node) == before
 
 
@@ -1180,7 +1180,7 @@ def test_rv2_grants_when_not_voted_and_the_candidate_log_is_up_to_date():
     node = make_node(term=3, log=[1, 2, 2])
     before = state(node)
     sent, answers = step(node, RequestVote(3, "n2", 3, 2))
-    assert (sent, answers) == ([("n2", RequestVoteReply(3, True, "n1"))], [])
+    assert (sent, answers) == ([("n2", RequestVoteReply(3, True, "n1", "n2"))], [])
     assert state(node) == {**before, "voted_for": "n2",
                            "durable": (3, "n2", log_of([1, 2, 2]))}
 
@@ -1190,7 +1190,7 @@ def test_rv2_refuses_when_it_already_voted_for_another_candidate_this_term():
     node = make_node(term=3, voted_for="n3")
     before = state(node)
     sent, answers = step(node, RequestVote(3, "n2", 9, 3))
-    assert (sent, answers) == ([("n2", RequestVoteReply(3, False, "n1"))], [])
+    assert (sent, answers) == ([("n2", RequestVoteReply(3, False, "n1", "n2"))], [])
     assert state(node) == before
 
 
@@ -1200,7 +1200,7 @@ def test_rv2_grants_again_to_the_candidate_it_already_voted_for():
     node = make_node(term=3, voted_for="n2")
     before = state(node)
     sent, answers = step(node, RequestVote(3, "n2", 0, 0))
-    assert (sent, answers) == ([("n2", RequestVoteReply(3, True, "n1"))], [])
+    assert (sent, answers) == ([("n2", RequestVoteReply(3, True, "n1", "n2"))], [])
     assert state(node) == before
 
 
@@ -1210,7 +1210,7 @@ def test_rv2_candidate_turned_follower_still_refuses_others_in_that_term():
     node = make_candidate(term=3)
     step(node, heartbeat(3, "n2", 0, 0))
     sent, answers = step(node, RequestVote(3, "n3", 0, 0))
-    assert (sent, answers) == ([("n3", RequestVoteReply(3, False, "n1"))], [])
+    assert (sent, answers) == ([("n3", RequestVoteReply(3, False, "n1", "n3"))], [])
     assert node.voted_for == "n1"
 
 
@@ -1220,7 +1220,7 @@ def test_rv2_refuses_candidate_with_older_last_term_even_if_its_log_is_longer():
     node = make_node(term=3, log=[1, 2, 2])
     before = state(node)
     sent, answers = step(node, RequestVote(3, "n2", 5, 1))
-    assert (sent, answers) == ([("n2", RequestVoteReply(3, False, "n1"))], [])
+    assert (sent, answers) == ([("n2", RequestVoteReply(3, False, "n1", "n2"))], [])
     assert state(node) == before
 
 
@@ -1228,7 +1228,7 @@ def test_rv2_grants_candidate_with_newer_last_term_even_if_its_log_is_shorter():
     """[RV-2] §5.4.1: (term 3, index 2) is ahead of (term 2, index 3)."""
     node = make_node(term=3, log=[1, 2, 2])
     sent, _ = step(node, RequestVote(3, "n2", 2, 3))
-    assert sent == [("n2", RequestVoteReply(3, True, "n1"))]
+    assert sent == [("n2", RequestVoteReply(3, True, "n1", "n2"))]
     assert node.voted_for == "n2"
 
 
@@ -1237,7 +1237,7 @@ def test_rv2_refuses_candidate_with_same_last_term_and_shorter_log():
     node = make_node(term=3, log=[1, 2, 2])
     before = state(node)
     sent, _ = step(node, RequestVote(3, "n2", 2, 2))
-    assert sent == [("n2", RequestVoteReply(3, False, "n1"))]
+    assert sent == [("n2", RequestVoteReply(3, False, "n1", "n2"))]
     assert state(node) == before
 
 
@@ -1246,7 +1246,7 @@ def test_rv2_grants_candidate_with_same_last_term_and_equal_or_longer_log():
     for last_log_index in (3, 4):
         node = make_node(term=3, log=[1, 2, 2])
         sent, _ = step(node, RequestVote(3, "n2", last_log_index, 2))
-        assert sent == [("n2", RequestVoteReply(3, True, "n1"))]
+        assert sent == [("n2", RequestVoteReply(3, True, "n1", "n2"))]
 
 
 def test_rv2_a_refusal_for_a_stale_log_records_no_vote():
@@ -1256,7 +1256,7 @@ def test_rv2_a_refusal_for_a_stale_log_records_no_vote():
     step(node, RequestVote(3, "n2", 1, 1))
     assert (node.voted_for, node.storage.voted_for) == (None, None)
     sent, _ = step(node, RequestVote(3, "n3", 3, 2))
-    assert sent == [("n3", RequestVoteReply(3, True, "n1"))]
+    assert sent == [("n3", RequestVoteReply(3, True, "n1", "n3"))]
 
 
 # ---------------------------------------------------------------------------
@@ -1267,7 +1267,7 @@ def test_8_noop_new_leader_appends_a_no_op_of_its_own_term():
     """[§8-NOOP] §8: a new leader appends a blank entry of its term at once,
     so something of its term can be committed without waiting for a client."""
     node = make_candidate(term=5, log=[1, 3])
-    step(node, RequestVoteReply(5, True, "n3"))
+    step(node, RequestVoteReply(5, True, "n3", node.id))
     assert node.log.entries == [E(1, 1), E(3, 2), Entry(5, None)]
     assert node.storage.entries == node.log.entries
 

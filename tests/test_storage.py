@@ -444,7 +444,7 @@ def test_a_restarted_node_resumes_term_vote_and_log_and_keeps_its_vote(open_stor
     sent.clear()
     restarted.step(raft.RequestVote(3, "n2", last_log_index=9, last_log_term=3))
     cycle(restarted, sent)
-    assert sent == [("n2", raft.RequestVoteReply(3, False, "n1"))]
+    assert sent == [("n2", raft.RequestVoteReply(3, False, "n1", "n2"))]
 
 
 def test_a_log_newer_than_the_state_line_sets_the_term_with_no_vote(open_storage, data_dir):
@@ -488,7 +488,7 @@ def test_every_message_leaves_after_its_state_is_synced():
     # As a candidate, then leader of term 3, with client commands.
     while node.role is not raft.Role.CANDIDATE:
         run(node.tick)
-    run(lambda: node.step(raft.RequestVoteReply(3, True, "n2")))
+    run(lambda: node.step(raft.RequestVoteReply(3, True, "n2", node.id)))
     assert node.role is raft.Role.LEADER
     run(lambda: node.propose("r1", "e", 1, ["incr", "k", 1]),   # "c" is the preloaded log's client
         lambda: node.propose("r2", "d", 1, ["set", "x", "y"]))
