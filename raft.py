@@ -1011,7 +1011,7 @@ class RaftNode:
             self.commit_index = commit_index
         self.reply_append_entries(request, success=True, match_index=last_new_index)
 
-    def store_new_entries(self, request: AppendEntries) -> None:
+    def store_new_entries(self, request: AppendEntries) -> bool:
         """AE-3 and AE-4: skip entries we have; cut at the first conflict.
         Returns False if the message was refused (see below)."""
         for offset, entry in enumerate(request.entries):

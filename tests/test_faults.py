@@ -4,7 +4,7 @@ Each seed builds one world, and replays it exactly:
   * a cluster of 3 or 5 nodes, running kv or counters;
   * a network with its own rates of loss (requests and replies apart),
     duplication, jitter and, in some worlds, the MIT lab's long reordering
-    (a third of replies held back 200-2200 ms);
+    (two thirds of replies held back 200-2200 ms);
   * in some worlds, clocks that run at different speeds on different nodes;
   * three clients doing set/get/incr/del on three keys, whose requests and
     answers are lost too, and who give up after a while, so some outcomes are
@@ -62,7 +62,7 @@ class World:
         self.faults = Faults(
             drop=rng.uniform(0, 0.15), drop_reply=rng.uniform(0, 0.15),
             duplicate=rng.uniform(0, 0.1), delay=(1, rng.randint(1, 8)),
-            long_delay=1 / 3 if rng.random() < 0.25 else 0.0)
+            long_delay=2 / 3 if rng.random() < 0.25 else 0.0)
         ids = [f"n{i + 1}" for i in range(self.size)]
         self.tick_rates = ({n: rng.uniform(0.5, 1.5) for n in ids}
                            if rng.random() < 0.3 else None)
