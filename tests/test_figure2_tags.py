@@ -56,8 +56,13 @@ def is_tested(tag: str, directory: pathlib.Path = TESTS_DIR) -> bool:
     The name form must be whole underscore-separated words of a test name,
     its inner underscores optional: test_lead_3a_... and test_lead3a_...
     both name LEAD-3a, and neither names LEAD-3."""
-    words = [re.escape(word) for word in name_form(tag).split("_")]
-    in_name = re.compile(r"(?:^|_)" + "_?".join(words) + r"(?:_|$)")
+    words = name_form(tag).split("_")
+    pattern = re.escape(words[0])
+    for before, word in zip(words, words[1:]):
+        # Between two numbers the underscore is required: test_6_4_ names
+        # §6.4, test_..._64_bits does not.
+        pattern += ("_" if before.isdigit() and word.isdigit() else "_?") + re.escape(word)
+    in_name = re.compile(r"(?:^|_)" + pattern + r"(?:_|$)")
     in_text = "[" + tag + "]"
     for path in sorted(directory.glob("*.py")):
         if path.resolve() == THIS_FILE:
