@@ -80,6 +80,14 @@ class Operation:
     ret: float | None    # time the answer arrived; None = indeterminate (timed out)
     result: object = None     # the answer's result when ret is not None
     error: str | None = None  # set when the cluster answered with an error
+    # The op took effect by ret, but its answer never reached the client (a
+    # simulator that saw it applied can say so): result and error unknown.
+    outcome_unknown: bool = False
+
+
+class CheckerGaveUp(Exception):
+    """The search passed its step budget: the history is neither shown
+    linearizable nor shown not to be. A test should fail on it, loudly."""
 
 
 @dataclasses.dataclass
@@ -125,7 +133,7 @@ class KeyModel:
     def harmless(self, operation):
         """Answered, and can have changed nothing: an error, or a read.
         (Only asked once the op matched the model, so op is well formed.)"""
-        return operation.ret is not None and (
+        return operation.ret is not None and not operation.outcome_unknown and (
             operation.error is not None or self.reader.is_read(operation.op))
 
     def step(self, value, op, index):
@@ -147,9 +155,10 @@ class KeyModel:
 
 def matches(operation: Operation, outcome) -> bool:
     """Does the model's outcome agree with what the client was told?
-    Indeterminate ops agree with anything. Errors compare by error-ness only;
-    results compare exactly, type included ("7" is not 7, True is not 1)."""
-    if operation.ret is None:
+    Indeterminate ops agree with anything, and so do ops whose outcome is
+    unknown. Errors compare by error-ness only; results compare exactly,
+    type included ("7" is not 7, True is not 1)."""
+    if operation.ret is None or operation.outcome_unknown:
         return True
     is_error, result = outcome
     if operation.error is not None:
@@ -240,8 +249,8 @@ class Search:
     op that would change nothing at this point is not placed here: leaving
     it out is as good."""
 
-    def __init__(self, ops, model):
-        self.ops, self.model = ops, model
+    def __init__(self, ops, model, max_steps=None):
+        self.ops, self.model, self.max_steps = ops, model, max_steps
         self.entries = EntryList(events(ops))
         self.remaining = sum(o.ret is not None for o in ops)   # answered ops to place
         self.value, self.placed = ABSENT, 0
@@ -264,6 +273,9 @@ class Search:
         configuration is new. Returns the entry to look at next."""
         i, skip = self.entries.op[p], self.entries.next[p]
         self.steps += 1
+        if self.max_steps is not None and self.steps > self.max_steps:
+            raise CheckerGaveUp(f"no verdict for key {self.model.key!r} after "
+                                f"{self.max_steps} steps ({len(self.ops)} operations)")
         outcome, after = self.model.step(self.value, self.ops[i].op, i)
         if not matches(self.ops[i], outcome):
             return skip
@@ -307,16 +319,16 @@ class Search:
                             for (p, *_), after in zip(self.stack, afters)]
 
 
-def search(ops, model) -> SearchResult:
+def search(ops, model, max_steps=None) -> SearchResult:
     """Find a linearization of one key's ops, or show there is none."""
-    return Search(ops, model).run()
+    return Search(ops, model, max_steps).run()
 
 
 # ---------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------
 
-def check_key(ops, machine=kv.KeyValueStore) -> Verdict:
+def check_key(ops, machine=kv.KeyValueStore, max_steps=None) -> Verdict:
     """Is this one key's history linearizable? ops must all touch one key."""
     ops = list(ops)
     keys = {repr(key_of(o)) for o in ops}
@@ -326,20 +338,21 @@ def check_key(ops, machine=kv.KeyValueStore) -> Verdict:
         return Verdict(True)
     key = key_of(ops[0])
     model = KeyModel(machine, key)
-    found = search(ops, model)
+    found = search(ops, model, max_steps)
     if found.ok:
         return Verdict(True, "", found.steps)
     return Verdict(False, explain(key, ops, model, found), found.steps, key)
 
 
-def check(history, machine=kv.KeyValueStore) -> Verdict:
-    """Is the whole history linearizable? Checks each key alone (locality)."""
+def check(history, machine=kv.KeyValueStore, max_steps=None) -> Verdict:
+    """Is the whole history linearizable? Checks each key alone (locality).
+    With max_steps, raises CheckerGaveUp rather than search longer per key."""
     by_key = {}
     for operation in history:
         by_key.setdefault(key_of(operation), []).append(operation)
     steps, failures = 0, []
     for key in sorted(by_key, key=repr):
-        verdict = check_key(by_key[key], machine)
+        verdict = check_key(by_key[key], machine, max_steps)
         steps += verdict.steps
         if not verdict.ok:
             failures.append(verdict)
@@ -365,6 +378,8 @@ def fmt_op(o: Operation) -> str:
     text = " ".join(map(str, o.op)) if isinstance(o.op, list) else repr(o.op)
     if o.ret is None:
         return f"{text} -> ? (no answer: may or may not have happened)"
+    if o.outcome_unknown:
+        return f"{text} -> ? (no answer, but it took effect by then)"
     if o.error is not None:
         return f"{text} -> error: {o.error}"
     return f"{text} -> {o.result!r}"

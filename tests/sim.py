@@ -150,6 +150,7 @@ class SimCluster:
         self.commit_seen = {}            # node -> commit_index already checked
         self.entry_ids = {}              # (index, term) -> (command, previous term)
         self.applied_entries = {}        # index -> the entry applied there
+        self.first_applied = {}          # (client, seq) -> tick it first took effect
         self.leader_view = {}            # node -> (term, last_index) while it leads
         self.last_state = {}
         for node_id in self.ids:
@@ -363,6 +364,9 @@ class SimCluster:
             entry = node.log.entry(index)
             applied[index] = entry
             first = self.applied_entries.setdefault(index, entry)
+            if entry.command is not None:
+                self.first_applied.setdefault(
+                    (entry.command["client"], entry.command["seq"]), self.now)
             if first != entry:
                 self.fail("State Machine Safety",
                           f"index {index}: {first} vs {entry} applied on {node.id}")
@@ -483,8 +487,8 @@ class SimClient:
     Call poll() once per tick.
 
     history records every request for the linearizability checker: dicts
-    with client, op, call, ret (None: abandoned, outcome unknown), result,
-    error (the cluster's error answer, e.g. incr of a non-integer).
+    with client, seq, op, call, ret (None: abandoned, outcome unknown),
+    result, error (the cluster's error answer, e.g. incr of a non-integer).
     """
     FIRST_ATTEMPT_TICKS = 10
     MAX_ATTEMPT_TICKS = 100
@@ -514,8 +518,9 @@ class SimClient:
         assert self.op is None, "one request at a time"
         self.seq += 1
         self.op, self.attempt_ids, self.silences = op, [], 0
-        self.history.append({"client": self.id, "op": op, "call": self.cluster.now,
-                             "ret": None, "result": None, "error": None})
+        self.history.append({"client": self.id, "seq": self.seq, "op": op,
+                             "call": self.cluster.now, "ret": None, "result": None,
+                             "error": None})
         self.send()
 
     def finish(self, result=None, error=None):

@@ -16,6 +16,7 @@ import pytest
 
 import counter
 import kv
+import linearizability
 from linearizability import Operation, check, check_key
 
 K, C = kv.KeyValueStore, counter.Counters
@@ -505,3 +506,21 @@ def test_the_search_agrees_with_brute_force_on_small_random_histories():
         assert verdict.ok == expected, f"seed {seed}: {verdict.explanation}"
         outcomes[expected] += 1
     assert min(outcomes.values()) > 20      # both kinds were exercised
+
+
+def test_an_op_that_took_effect_with_its_answer_lost_must_be_placed_but_may_answer_anything():
+    """outcome_unknown: the simulator saw the op applied by ret, but the
+    client never heard the answer. It must take effect (unlike ret=None),
+    so a later read must see it; its own result is not compared."""
+    incr = Operation("a", ["incr", "x", 1], call=0, ret=5, result=None, outcome_unknown=True)
+    sees_it = Operation("b", ["get", "x"], call=6, ret=7, result=1)
+    misses_it = Operation("b", ["get", "x"], call=6, ret=7, result=None)
+    assert check([incr, sees_it]).ok
+    assert not check([incr, misses_it]).ok
+
+
+def test_the_checker_gives_up_loudly_past_its_step_budget():
+    history = [Operation(f"c{i}", ["incr", "x", 1], call=0, ret=None) for i in range(12)]
+    history.append(Operation("r", ["get", "x"], call=1, ret=2, result=99))
+    with pytest.raises(linearizability.CheckerGaveUp, match="no verdict for key 'x'"):
+        check(history, max_steps=100)
