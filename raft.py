@@ -870,7 +870,9 @@ class RaftNode:
         # [§8-NOOP] A new leader does not know which entries of earlier terms
         # are committed (LEAD-4 may not count them). Committing an entry of its
         # own term settles that, so it appends a no-op at once.
-        self.append_to_own_log(None)
+        index = self.append_to_own_log(None)
+        self.explain("§8-NOOP", f"appends a no-op at index {index}: committing an entry "
+                                f"of its own term settles what earlier terms committed")
         # [LEAD-1] announce the new leader with AppendEntries to everyone
         # now, and again whenever the heartbeat interval passes.
         self.broadcast_append_entries()
@@ -2219,6 +2221,13 @@ class LocalCluster:
                 process.wait()
 
     def stop_all(self) -> None:
+        """SIGTERM every node at once, then wait: stopping them one by one
+        would let the last ones hold a needless election on the way out."""
+        for port in list(self.paused):
+            self.resume(port)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
         for port in list(self.processes):
             self.stop(port)
 
@@ -2240,6 +2249,34 @@ class LocalCluster:
                     return status["id"]
             time.sleep(0.05)
         return None
+
+
+class LineWriter:
+    """A stream that writes whole lines only. The prompt's answers and the
+    lines other threads print (explain, trace, notices) then never end up
+    glued into one line."""
+
+    def __init__(self, stream):
+        self.stream, self.lock, self.pending = stream, threading.Lock(), threading.local()
+
+    def write(self, text: str) -> int:
+        buffered = getattr(self.pending, "text", "") + text
+        lines, newline, rest = buffered.rpartition("\n")
+        self.pending.text = rest
+        if newline:
+            with self.lock:
+                self.stream.write(lines + "\n")
+                self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        rest, self.pending.text = getattr(self.pending, "text", ""), ""
+        with self.lock:
+            self.stream.write(rest)
+            self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 class LabConsole:
@@ -2376,6 +2413,7 @@ class DemoPrompt(ClusterPrompt):
         port = self.running_port(arg)
         if port is not None and port in self.cluster.paused:
             self.cluster.resume(port)
+            self.apply_lab([port])            # what changed while it slept
             print(f"resumed {port}")
 
     def running_port(self, arg) -> int | None:
@@ -2747,6 +2785,7 @@ def main_node(argv: list[str]) -> int:
             while not server.stopping.wait(1.0):
                 pass
         else:
+            sys.stdout, sys.stderr = LineWriter(sys.stdout), LineWriter(sys.stderr)
             server.on_change = lambda text: print(f"* {text}", file=sys.stderr, flush=True)
             client = RaftClient([node_id, *[m for m in members if m != node_id]], key=key)
             print(f"Raft node {node_id} in a cluster of {len(members)}; "
@@ -2884,18 +2923,19 @@ def main_demo(argv: list[str]) -> int:
                            extra_args=["--election-timeout", "%d,%d" % election_timeout_ms,
                                        "--heartbeat", str(heartbeat_ms)])
     stop_on_signals()
+    sys.stdout, sys.stderr = LineWriter(sys.stdout), LineWriter(sys.stderr)
+    client_timeout = 5.0 * election_timeout_ms[1] / DEFAULT_ELECTION_TIMEOUT_MS[1]
     try:
         for port in ports:
             cluster.start(port)
         print(f"Started nodes on ports {', '.join(map(str, ports))} "
               f"(data and logs in {args.data_dir}/PORT/).")
-        leader = cluster.wait_for_leader(timeout=10 if args.pace == "normal" else 60)
-        print(f"Leader: {leader}" if leader else "No leader yet; try status in a moment.")
-        client_timeout = 5.0 * election_timeout_ms[1] / DEFAULT_ELECTION_TIMEOUT_MS[1]
         with RaftClient(cluster.addresses, timeout=client_timeout, key=cluster.key) as client:
             prompt = DemoPrompt(cluster, client, explain=args.explain)
-            if args.explain:
-                prompt.apply_lab()
+            if args.explain:                  # before the first election
+                prompt.apply_lab(timeout=5.0)
+            leader = cluster.wait_for_leader(timeout=10 if args.pace == "normal" else 60)
+            print(f"Leader: {leader}" if leader else "No leader yet; try status in a moment.")
             prompt.cmdloop()
     except KeyboardInterrupt:
         print()
