@@ -302,6 +302,13 @@ class SimCluster:
                     if a != b and group_of.get(a) != group_of.get(b)}
         self.log_event(f"partition {groups}")
 
+    def random_split(self, rng):
+        """Two groups, of random sizes and members, that cannot talk."""
+        ids = self.ids[:]
+        rng.shuffle(ids)
+        cut = rng.randint(1, len(ids) - 1)
+        self.partition(ids[:cut], ids[cut:])
+
     def isolate(self, node_id):
         """Cut one node off from everyone, both ways."""
         self.partition([node_id], [n for n in self.ids if n != node_id])

@@ -103,10 +103,7 @@ def strike(cluster, rng, rate):
     elif roll < 0.017 and leader is not None:
         cluster.isolate(leader.id)
     elif roll < 0.020:
-        ids = cluster.ids[:]
-        rng.shuffle(ids)
-        cut = rng.randint(1, len(ids) - 1)
-        cluster.partition(ids[:cut], ids[cut:])
+        cluster.random_split(rng)
     elif roll < 0.023:
         sender, receiver = rng.sample(cluster.ids, 2)
         cluster.cut_one_way(sender, receiver)

@@ -165,10 +165,7 @@ def chaos(cluster, rng):
     elif roll < 0.03 and cluster.down:
         cluster.restart(rng.choice(sorted(cluster.down)))
     elif roll < 0.04:
-        ids = cluster.ids[:]
-        rng.shuffle(ids)
-        cut = rng.randint(1, len(ids) - 1)
-        cluster.partition(ids[:cut], ids[cut:])
+        cluster.random_split(rng)
     elif roll < 0.055:
         cluster.heal()
 
