@@ -733,8 +733,10 @@ class RaftNode:
         self.answers: list[tuple[Any, dict]] = []
         self.counters: collections.Counter = collections.Counter()
         # Explain mode: also log the frequent decisions (refusals, commits,
-        # back-offs). Elections, votes and step-downs are always logged.
+        # back-offs), and pass every decision to on_explain (the prompt
+        # prints them). Elections, votes and step-downs are always logged.
         self.explaining = False
+        self.on_explain: Callable[[str], None] | None = None
 
     def random_election_timeout(self) -> int:
         low, high = self.config.election_timeout_ticks
@@ -761,7 +763,10 @@ class RaftNode:
     def explain(self, rule: str, text: str) -> None:
         """Log one decision with the rule that made it and the values it
         compared. `explain on` at a prompt shows these lines as they happen."""
-        self.logger.info("%s [%s]", text, rule, extra={"rule": rule})
+        line = f"{text} [{rule}]"
+        self.logger.info("%s", line)
+        if self.explaining and self.on_explain is not None:
+            self.on_explain(line)
 
     # -- [6.2] inputs ------------------------------------------------------------
     def tick(self) -> None:
@@ -1462,18 +1467,6 @@ def short_id(node_id: str) -> str:
     return node_id[len("127.0.0.1:"):] if node_id.startswith("127.0.0.1:") else node_id
 
 
-class ExplainHandler(logging.Handler):
-    """Passes the core's rule-tagged decisions to the server's event sink."""
-
-    def __init__(self, server: "NodeServer"):
-        super().__init__()
-        self.server = server
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "rule", None) and self.server.node.explaining:
-            self.server.emit_event(record.getMessage())
-
-
 class NodeServer:
     """A RaftNode on a UDP port, with its data dir and threads."""
 
@@ -1524,7 +1517,7 @@ class NodeServer:
         self.lab = Lab() if lab else None
         self.tracing = False
         self.event_sink: Callable[[str], None] | None = None
-        self.logger.addHandler(ExplainHandler(self))
+        self.node.on_explain = self.emit_event
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> "NodeServer":
@@ -1546,9 +1539,6 @@ class NodeServer:
         self.storage.close()
         self.socket.close()
         self.logger.info("stopped")
-        for handler in list(self.logger.handlers):
-            if isinstance(handler, ExplainHandler) and handler.server is self:
-                self.logger.removeHandler(handler)
 
     def call(self, function: Callable[[RaftNode], Any], timeout: float = 5.0):
         """Run function(node) on the owner thread and return its result."""
@@ -2507,13 +2497,16 @@ class DemoPrompt(ClusterPrompt):
         for port in ports or self.cluster.ports:
             if not self.cluster.is_running(port) or port in self.cluster.paused:
                 continue
-            links = {}
+            every = self.links.get("*", LinkFaults())
+            links = {"*": dataclasses.asdict(every)} if "*" in self.links else {}
             for link, faults in self.links.items():
-                if link == "*":
-                    links["*"] = dataclasses.asdict(faults)
-                elif port in link:
+                if link != "*" and port in link:
+                    # A link's own settings add to those of every link.
                     peer = link[1] if link[0] == port else link[0]
-                    links[f"127.0.0.1:{peer}"] = dataclasses.asdict(faults)
+                    own = {name: value for name, value in dataclasses.asdict(faults).items()
+                           if value}
+                    links[f"127.0.0.1:{peer}"] = dataclasses.asdict(
+                        dataclasses.replace(every, **own))
             settings = {"cut_off": [f"127.0.0.1:{p}" for p in sorted(self.cut_off(port))],
                         "links": links, **self.flags}
             if not self.console.send(port, settings, timeout):
