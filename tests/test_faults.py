@@ -36,7 +36,7 @@ import kv
 import linearizability
 import raft
 from sim import Faults, SimClient, SimCluster
-from test_simulation import converged, stable_leader, why
+from test_simulation import converged, stable_leader, step_clients, why
 
 MIN_DELIVERED = 2000
 MAX_CHAOS_TICKS = 50_000     # a guard against a run that never gets there
@@ -140,12 +140,7 @@ def calm_down(cluster, clients, seed):
     while cluster.now - start < CALM_TICKS:
         if stable_leader(cluster) and not any(c.busy or finals[c.id] for c in clients):
             break
-        for client in clients:
-            if not client.busy and finals[client.id]:
-                client.submit(finals[client.id].pop(0))
-        cluster.tick()
-        for client in clients:
-            client.poll()
+        step_clients(cluster, clients, finals)
     else:
         raise AssertionError(why(cluster, f"LIVENESS: {CALM_TICKS} ticks after the faults "
                                           f"stopped, leader {stable_leader(cluster)}, clients "
