@@ -220,6 +220,9 @@ class RequestVote:
     candidate_id: str
     last_log_index: int
     last_log_term: int
+    pre_vote: bool = False     # OPT §9.6: "would you vote for me in term?" (changes nothing)
+    transfer: bool = False     # OPT §3.10: sent on the leader's TimeoutNow, so voters
+                               # do not ignore it as a disruption (§4.2.3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +232,7 @@ class RequestVoteReply:
     voter_id: str
     candidate_id: str    # OPT: the candidate it answers, so a copy replayed to
                          # another candidate of the same term counts for nothing
+    pre_vote: bool = False     # OPT §9.6: the answer to a pre-vote
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +257,39 @@ class AppendEntriesReply:
     read_round: int = 0        # OPT §6.4: the read_round we are answering
 
 
-PEER_MESSAGES = (RequestVote, RequestVoteReply, AppendEntries, AppendEntriesReply)
+@dataclasses.dataclass(frozen=True)
+class InstallSnapshot:
+    """Dissertation Figure 5.3: the leader sends its snapshot in chunks, when
+    a follower needs entries the leader has already compacted away."""
+    term: int
+    leader_id: str
+    last_included_index: int
+    last_included_term: int
+    offset: int                # where data goes in the snapshot text
+    data: str                  # a chunk of the snapshot file's text (ASCII JSON lines)
+    done: bool                 # the last chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class InstallSnapshotReply:
+    term: int
+    follower_id: str
+    last_included_index: int   # OPT: the snapshot it answers about
+    chunk_offset: int          # OPT: the offset of the chunk it answers
+    next_offset: int           # OPT: how much of the snapshot it holds: send from there
+    done: bool                 # OPT: the whole snapshot is installed (and durable)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeoutNow:
+    """§3.10: the leader tells an up-to-date follower to stand for election
+    at once, to hand leadership over without waiting for a timeout."""
+    term: int
+    leader_id: str
+
+
+PEER_MESSAGES = (RequestVote, RequestVoteReply, AppendEntries, AppendEntriesReply,
+                 InstallSnapshot, InstallSnapshotReply, TimeoutNow)
 MESSAGE_TYPES = {cls.__name__: cls for cls in PEER_MESSAGES}
 
 
@@ -283,6 +319,9 @@ def _check_field(name: str, value, kind: str):
     elif kind == "id":
         if type(value) is not str or not 0 < len(value) <= MAX_ID_CHARS:
             raise ProtocolError(f"{name} must be a short string")
+    elif kind == "text":
+        if type(value) is not str or len(value) > MAX_RECEIVE_BYTES or not value.isascii():
+            raise ProtocolError(f"{name} must be an ASCII string")
     return value
 
 
@@ -291,7 +330,10 @@ _FIELD_KINDS = {"term": "term", "candidate_id": "id", "last_log_index": "int",
                 "leader_id": "id", "prev_log_index": "int", "prev_log_term": "term",
                 "leader_commit": "int", "read_round": "int", "success": "bool",
                 "follower_id": "id", "match_index": "int", "conflict_index": "int",
-                "conflict_term": "term"}
+                "conflict_term": "term", "pre_vote": "bool", "transfer": "bool",
+                "last_included_index": "int", "last_included_term": "term",
+                "offset": "int", "data": "text", "done": "bool", "chunk_offset": "int",
+                "next_offset": "int"}
 
 
 def decode_entry(raw) -> Entry:
@@ -304,11 +346,15 @@ def decode_entry(raw) -> Entry:
 
 
 def check_entry_command(command):
-    """An entry's command is None (no-op) or a client command dict."""
+    """An entry's command is None (no-op), a configuration (§4.1) or a
+    client command dict."""
     if command is None:
         return None
+    if type(command) is dict and set(command) == {"config"}:
+        decode_membership(command["config"])
+        return command
     if (type(command) is not dict or set(command) != {"client", "seq", "op"}):
-        raise ProtocolError("an entry command must be null or {client, seq, op}")
+        raise ProtocolError("an entry command must be null, {config} or {client, seq, op}")
     _check_field("client", command["client"], "id")
     _check_field("seq", command["seq"], "int")
     if type(command["op"]) is not list or not command["op"]:
@@ -341,6 +387,51 @@ def decode_message(fields: dict):
     return message
 
 
+@dataclasses.dataclass(frozen=True)
+class Membership:
+    """A cluster configuration (§4.1): the voters, whose majority elects and
+    commits, and the learners, who receive the log but do not vote yet
+    (§4.2.1: a new server catches up before it counts)."""
+    voters: tuple[str, ...]
+    learners: tuple[str, ...] = ()
+
+    def encode(self) -> dict:
+        return {"voters": list(self.voters), "learners": list(self.learners)}
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.voters) | set(self.learners)))
+
+    def describe(self) -> str:
+        text = ", ".join(short_id(v) for v in self.voters) or "no voters"
+        if self.learners:
+            text += f" (learning: {', '.join(short_id(l) for l in self.learners)})"
+        return text
+
+
+def decode_membership(raw) -> Membership:
+    if type(raw) is not dict or set(raw) != {"voters", "learners"}:
+        raise ProtocolError("a configuration must be {voters, learners}")
+    for name in ("voters", "learners"):
+        if type(raw[name]) is not list or len(raw[name]) > 1000:
+            raise ProtocolError(f"{name} must be a list")
+        for node_id in raw[name]:
+            _check_field(name, node_id, "id")
+    voters, learners = raw["voters"], raw["learners"]
+    if (len(set(voters)) != len(voters) or len(set(learners)) != len(learners)
+            or set(voters) & set(learners)):
+        raise ProtocolError("a configuration names a server twice")
+    return Membership(tuple(sorted(voters)), tuple(sorted(learners)))
+
+
+def config_of(entry: "Entry") -> Membership | None:
+    """The configuration an entry carries, if it is a configuration entry."""
+    command = entry.command
+    if type(command) is dict and "config" in command:
+        return decode_membership(command["config"])
+    return None
+
+
 def check_entry_terms(message: AppendEntries) -> None:
     """Terms never decrease along a log, and no leader writes entries of a
     term later than its own: anything else is forged or corrupt."""
@@ -354,45 +445,53 @@ def check_entry_terms(message: AppendEntries) -> None:
 # ===========================================================================
 
 class Log:
-    """The entries 1..last_index. log.term_at(0) == 0, so the entry "before
-    the first one" matches every log, and AE-2 needs no special case."""
+    """The entries snapshot_index+1..last_index. Entries up to snapshot_index
+    are compacted into a snapshot (dissertation ch. 5); only the last one's
+    term is kept. With no snapshot, snapshot_index is 0 and term_at(0) == 0,
+    so the entry "before the first one" matches every log, and AE-2 needs no
+    special case."""
 
-    def __init__(self, entries: Iterable[Entry] = ()):
+    def __init__(self, entries: Iterable[Entry] = (), snapshot_index: int = 0,
+                 snapshot_term: int = 0):
         self.entries: list[Entry] = list(entries)
+        self.snapshot_index, self.snapshot_term = snapshot_index, snapshot_term
 
     @property
     def last_index(self) -> int:
-        return len(self.entries)
+        return self.snapshot_index + len(self.entries)
 
     @property
     def last_term(self) -> int:
         return self.term_at(self.last_index)
 
     def term_at(self, index: int) -> int | None:
-        """The term of the entry at index, 0 for index 0, None if absent."""
-        if index == 0:
-            return 0
-        if 1 <= index <= len(self.entries):
-            return self.entries[index - 1].term
+        """The term of the entry at index; None if absent or compacted away."""
+        if index == self.snapshot_index:
+            return self.snapshot_term
+        if self.snapshot_index < index <= self.last_index:
+            return self.entries[index - self.snapshot_index - 1].term
         return None
 
     def entry(self, index: int) -> Entry:
-        return self.entries[index - 1]
+        if index <= self.snapshot_index:
+            raise IndexError(f"entry {index} is compacted into the snapshot")
+        return self.entries[index - self.snapshot_index - 1]
 
     def slice(self, first: int, last: int) -> list[Entry]:
-        """Entries first..last inclusive."""
-        return self.entries[first - 1:last]
+        """Entries first..last inclusive (first is past the snapshot)."""
+        return self.entries[first - self.snapshot_index - 1:last - self.snapshot_index]
 
     def first_index_of_term(self, index: int) -> int:
-        """The first index of the run of entries sharing index's term."""
+        """The first index of the run of entries sharing index's term (as far
+        back as the log still has entries)."""
         term = self.term_at(index)
-        while index > 1 and self.term_at(index - 1) == term:
+        while index > self.snapshot_index + 1 and self.term_at(index - 1) == term:
             index -= 1
         return index
 
     def last_index_of_term(self, term: int) -> int:
         """The last index holding term, 0 if the log has no entry of term."""
-        for index in range(self.last_index, 0, -1):
+        for index in range(self.last_index, self.snapshot_index - 1, -1):
             found = self.term_at(index)
             if found == term:
                 return index
@@ -402,8 +501,19 @@ class Log:
 
     def replace_from(self, index: int, entries: list[Entry]) -> None:
         """Drop entries index.. and put entries in their place."""
-        del self.entries[index - 1:]
+        assert index > self.snapshot_index, "a snapshot's entries are committed"
+        del self.entries[index - self.snapshot_index - 1:]
         self.entries.extend(entries)
+
+    def compact(self, index: int, term: int) -> None:
+        """Forget the entries up to index: a snapshot covers them. Entries
+        after index stay if the log holds index with this term, else (an
+        installed snapshot that our log disagrees with) they all go."""
+        if self.term_at(index) == term:
+            del self.entries[:index - self.snapshot_index]
+        else:
+            self.entries = []
+        self.snapshot_index, self.snapshot_term = index, term
 
 
 # ===========================================================================
@@ -415,10 +525,100 @@ class Log:
 # share the contract: nothing written is durable until sync() returns.
 
 class Storage(Protocol):
-    def load(self) -> tuple[int, str | None, list[Entry]]: ...
+    def load(self) -> tuple[int, str | None, list[Entry]]: ...   # entries after the snapshot
+    def load_snapshot(self) -> str | None: ...                    # after load()
     def save_term_and_vote(self, term: int, voted_for: str | None) -> None: ...
     def write_entries(self, first_index: int, entries: list[Entry]) -> None: ...
     def sync(self) -> None: ...
+    def save_snapshot(self, text: str, index: int, term: int,
+                      entries_after: list[Entry]) -> None: ...      # durable on return
+
+
+# -- the snapshot file (dissertation ch. 5) -------------------------------------------
+# A snapshot is the state machine and the client sessions as of one applied
+# index, with the configuration in force there. Its file is JSON lines, and
+# the same text travels in InstallSnapshot chunks:
+#   {"index": 120, "term": 3, "config": {...}, "machine": "kv", "sessions": 2}
+#   {"state": {...}}                                  the state machine's snapshot()
+#   {"client": "9f..", "seq": 14, "answer": {...}}    one line per session, LRU first
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    index: int                 # the last log index it covers
+    term: int                  # that entry's term
+    config: Membership         # the configuration in force at index
+    machine: str               # kv or counter
+    state: Any                 # the state machine's snapshot()
+    sessions: tuple            # ((client, seq, answer), ...), least recent first
+
+
+class SnapshotDamage(ValueError):
+    def __init__(self, line: int, reason: str):
+        super().__init__(reason)
+        self.line = line
+
+
+def encode_snapshot(snapshot: Snapshot) -> str:
+    """The snapshot as JSON lines; ASCII only, so a chunk's length in
+    characters is its length in bytes."""
+    records = [{"index": snapshot.index, "term": snapshot.term,
+                "config": snapshot.config.encode(), "machine": snapshot.machine,
+                "sessions": len(snapshot.sessions)},
+               {"state": snapshot.state},
+               *({"client": c, "seq": q, "answer": a} for c, q, a in snapshot.sessions)]
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+
+
+def decode_snapshot(text: str) -> Snapshot:
+    """The inverse of encode_snapshot; SnapshotDamage names the bad line.
+    The header counts the session lines, so a cut-off text is caught too."""
+    lines = text.split("\n")
+    if lines[-1] != "":
+        raise SnapshotDamage(len(lines), "no newline at the end")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            raise SnapshotDamage(number, f"not JSON: {error}") from None
+        if type(record) is not dict:
+            raise SnapshotDamage(number, "not a JSON object")
+        records.append(record)
+    if len(records) < 2:
+        raise SnapshotDamage(len(records) + 1, "a snapshot needs a header and a state line")
+    header, state = records[0], records[1]
+    try:
+        if set(header) != {"index", "term", "config", "machine", "sessions"}:
+            raise ProtocolError("header fields do not match")
+        index = _check_field("index", header["index"], "int")
+        term = _check_field("term", header["term"], "term")
+        config = decode_membership(header["config"])
+        if header["machine"] not in ("kv", "counter"):
+            raise ProtocolError("machine must be kv or counter")
+        count = _check_field("sessions", header["sessions"], "int")
+    except ProtocolError as error:
+        raise SnapshotDamage(1, str(error)) from None
+    if set(state) != {"state"}:
+        raise SnapshotDamage(2, "the second line must be {state}")
+    if len(records) - 2 != count:
+        raise SnapshotDamage(len(lines), f"{len(records) - 2} session lines, the header "
+                                          f"says {count}")
+    sessions = []
+    for number, record in enumerate(records[2:], start=3):
+        try:
+            if set(record) != {"client", "seq", "answer"} or type(record["answer"]) is not dict:
+                raise ProtocolError("a session line is {client, seq, answer}")
+            sessions.append((_check_field("client", record["client"], "id"),
+                             _check_field("seq", record["seq"], "int"), record["answer"]))
+        except ProtocolError as error:
+            raise SnapshotDamage(number, str(error)) from None
+    return Snapshot(index, term, config, header["machine"], state["state"], tuple(sessions))
+
+
+def encode_log_lines(first_index: int, entries: list[Entry]) -> str:
+    return "".join(json.dumps({"index": first_index + offset, "term": entry.term,
+                               "command": entry.command}, separators=(",", ":")) + "\n"
+                   for offset, entry in enumerate(entries))
 
 
 class MemoryStorage:
@@ -426,15 +626,20 @@ class MemoryStorage:
 
     crash() throws the unsynced writes away, exactly like a power cut, so a
     simulated cluster catches any message sent before its state was synced.
+    entries holds the synced entries after the snapshot (snapshot_index).
     """
 
     def __init__(self):
         self.term, self.voted_for, self.entries = 0, None, []
+        self.snapshot_text, self.snapshot_index = None, 0
         self.pending: list[tuple] = []
         self.sync_count = 0
 
     def load(self):
         return self.term, self.voted_for, list(self.entries)
+
+    def load_snapshot(self):
+        return self.snapshot_text
 
     def save_term_and_vote(self, term, voted_for):
         self.pending.append(("state", term, voted_for))
@@ -448,11 +653,17 @@ class MemoryStorage:
             if kind == "state":
                 self.term, self.voted_for = a, b
             else:
-                del self.entries[a - 1:]
+                del self.entries[a - self.snapshot_index - 1:]
                 self.entries.extend(b)
         if self.pending:
             self.sync_count += 1
         self.pending = []
+
+    def save_snapshot(self, text, index, term, entries_after):
+        self.sync()
+        self.snapshot_text, self.snapshot_index = text, index
+        self.entries = list(entries_after)
+        self.sync_count += 1
 
     def crash(self):
         self.pending = []
@@ -462,12 +673,15 @@ fdatasync = getattr(os, "fdatasync", os.fsync)     # macOS has only fsync
 
 
 class JsonLinesStorage:
-    """Two append-only JSON-lines files in the data dir (docs/storage.md).
+    """JSON-lines files in the data dir (docs/storage.md).
 
-    state.jsonl  {"term": 4, "voted_for": "127.0.0.1:8001"}   last line wins
-    log.jsonl    {"index": 7, "term": 4, "command": {...}}
-                 a line with index i replaces the entry at i and all after it,
-                 so a conflicting suffix (AE-3) is dropped without rewriting.
+    state.jsonl     {"term": 4, "voted_for": "127.0.0.1:8001"}   last line wins
+    log.jsonl       {"index": 7, "term": 4, "command": {...}}
+                    a line with index i replaces the entry at i and all after it,
+                    so a conflicting suffix (AE-3) is dropped without rewriting.
+                    After a snapshot it starts just past the snapshot's index.
+    snapshot.jsonl  the latest snapshot (see encode_snapshot), replaced whole:
+                    written to a temporary name, fsynced, renamed, dir fsynced.
 
     A torn last line (a crash mid-write) is dropped on load; damage anywhere
     else raises StorageError naming the file and line.
@@ -484,30 +698,77 @@ class JsonLinesStorage:
             raise DataDirInUse(f"{data_dir} is in use by another running node")
         self.state_path = os.path.join(data_dir, "state.jsonl")
         self.log_path = os.path.join(data_dir, "log.jsonl")
+        self.snapshot_path = os.path.join(data_dir, "snapshot.jsonl")
         self.state_file = self.log_file = None
+        self.snapshot_text: str | None = None
         self.dirty: set = set()
         self.sync_count = 0
 
     # -- loading ---------------------------------------------------------------
     def load(self):
+        for path in (self.snapshot_path, self.log_path):
+            if os.path.exists(path + ".tmp"):     # a crash before the rename:
+                os.remove(path + ".tmp")          # the old file is still whole
+        snapshot_index, snapshot_term = self._load_snapshot()
         states = self._read_lines(self.state_path, self._parse_state)
         term, voted_for = states[-1] if states else (0, None)
-        entries: list[Entry] = []
+        base, entries = None, []              # entries hold base+1, base+2, ...
         for line_number, (index, entry) in enumerate(
                 self._read_lines(self.log_path, self._parse_entry), start=1):
-            if not 1 <= index <= len(entries) + 1:
+            if base is None:                  # compaction cuts the log's front
+                base = index - 1 if snapshot_index else 0
+            if not base + 1 <= index <= base + len(entries) + 1:
                 raise StorageError(self.log_path, line_number,
-                                   f"index {index} leaves a gap after {len(entries)}")
-            if index > 1 and entry.term < entries[index - 2].term:
+                                   f"index {index} leaves a gap after {base + len(entries)}")
+            if index > base + 1 and entry.term < entries[index - base - 2].term:
                 raise StorageError(self.log_path, line_number,
                                    f"term {entry.term} at index {index} is older than "
-                                   f"the term before it ({entries[index - 2].term})")
-            del entries[index - 1:]
+                                   f"the term before it ({entries[index - base - 2].term})")
+            del entries[index - base - 1:]
             entries.append(entry)
+        base = base or 0
+        if base > snapshot_index:
+            raise StorageError(self.log_path, 1, f"the log starts at index {base + 1}, "
+                               f"but the snapshot ends at {snapshot_index}: entries are missing")
         self.state_file = open(self.state_path, "a", encoding="utf-8")
         self.log_file = open(self.log_path, "a", encoding="utf-8")
         self._fsync_directory()
-        return term, voted_for, entries
+        return term, voted_for, self._entries_after(snapshot_index, snapshot_term, base, entries)
+
+    def _load_snapshot(self) -> tuple[int, int]:
+        if not os.path.exists(self.snapshot_path):
+            return 0, 0
+        with open(self.snapshot_path, "rb") as f:
+            data = f.read()
+        try:
+            snapshot = decode_snapshot(data.decode("ascii"))
+        except UnicodeDecodeError as error:
+            raise StorageError(self.snapshot_path, data[:error.start].count(b"\n") + 1,
+                               "not ASCII") from None
+        except SnapshotDamage as error:
+            # Written whole and renamed into place: any damage is real damage.
+            raise StorageError(self.snapshot_path, error.line, str(error)) from None
+        self.snapshot_text = data.decode("ascii")
+        return snapshot.index, snapshot.term
+
+    def _entries_after(self, snapshot_index, snapshot_term, base, entries):
+        """The log entries past the snapshot. A crash between writing a
+        snapshot and rewriting the log leaves the old log: keep what follows
+        the snapshot if the log agrees with it there, else nothing (as when
+        installing a snapshot, Figure 13)."""
+        if base == snapshot_index:
+            return entries
+        last = base + len(entries)
+        if last >= snapshot_index and entries[snapshot_index - base - 1].term == snapshot_term:
+            return entries[snapshot_index - base:]
+        if last > snapshot_index:
+            logging.getLogger("raft").warning(
+                "%s: dropping entries %d..%d, which disagree with the snapshot at %d",
+                self.log_path, snapshot_index + 1, last, snapshot_index)
+        return []
+
+    def load_snapshot(self):
+        return self.snapshot_text
 
     def _read_lines(self, path, parse):
         """Parse every line; drop a torn last line; anything else is damage."""
@@ -567,11 +828,31 @@ class JsonLinesStorage:
     def write_entries(self, first_index, entries):
         if not entries:
             return
-        lines = [json.dumps({"index": first_index + offset, "term": entry.term,
-                             "command": entry.command}, separators=(",", ":"))
-                 for offset, entry in enumerate(entries)]
-        self.log_file.write("\n".join(lines) + "\n")
+        self.log_file.write(encode_log_lines(first_index, entries))
         self.dirty.add(self.log_file)
+
+    def save_snapshot(self, text, index, term, entries_after):
+        """Replace the snapshot, then the log with just the entries after
+        it. Each file is written under a temporary name, fsynced, renamed
+        over the old one, and the directory fsynced: a crash leaves either
+        the old file or the new one, whole. Snapshot first: a crash between
+        the two leaves a log that load() trims against the new snapshot."""
+        self.sync()
+        self._replace_file(self.snapshot_path, text)
+        self.log_file.close()
+        self._replace_file(self.log_path, encode_log_lines(index + 1, entries_after))
+        self.log_file = open(self.log_path, "a", encoding="utf-8")
+        self.snapshot_text = text
+        self.sync_count += 1
+
+    def _replace_file(self, path: str, text: str) -> None:
+        temporary = path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        self._fsync_directory()
 
     def sync(self):
         """flush + fsync every file written since the last sync: one group commit.
@@ -650,6 +931,11 @@ class Config:
     heartbeat_ticks: int = 5
     max_append_bytes: int = 16000     # entry bytes in one AppendEntries
     max_sessions: int = MAX_SESSIONS
+    snapshot_every: int = 0           # compact after this many applied entries (0: never)
+    pre_vote: bool = True             # §9.6: ask "would you vote?" before raising the term
+    check_quorum: bool = True         # a leader that hears no majority for an election
+                                      # timeout steps down, and followers ignore vote
+                                      # requests while they hear a leader (§4.2.3)
 
 
 @dataclasses.dataclass
@@ -661,8 +947,21 @@ class PendingRead:
     read_index: int | None     # None until an entry of our term is committed
 
 
+@dataclasses.dataclass
+class Transfer:
+    """A leadership transfer under way (§3.10)."""
+    target: str
+    started: int               # the leader's tick count when it began
+    request_ids: list          # clients waiting to hear that TimeoutNow went out
+    sent: bool = False         # TimeoutNow is on its way
+
+
 # A leader's view of the batch of entries last sent to a follower.
 NOTHING_IN_FLIGHT, BATCH_SENT, BATCH_WAITED = 0, 1, 2
+
+# Requests that are about the cluster, not the state machine (the runtime
+# routes them to the RaftNode methods of the same purpose).
+ADMIN_OPS = ("add_member", "remove_member", "transfer", "snapshot")
 
 
 def not_leader(leader_id: str | None, term: int | None = None) -> dict:
@@ -679,7 +978,8 @@ def entry_size(entry: Entry) -> int:
 class RaftNode:
     """One server's Raft state and rules. No I/O, no clock, no threads.
 
-    Inputs:  tick(), step(message), propose(...), read(...)
+    Inputs:  tick(), step(message), propose(...), read(...),
+             change_membership(...), transfer_leadership(...), take_snapshot()
     Outputs: collect_messages() -> [(destination, message)]
              apply_committed()  -> applies [ALL-1], then
              collect_answers()  -> [(request_id, answer dict)]
@@ -690,15 +990,20 @@ class RaftNode:
     def __init__(self, node_id: str, members: Iterable[str], storage: Storage,
                  machine: StateMachine, rng: random.Random,
                  config: Config = Config(), logger: logging.Logger | None = None):
+        """members: the cluster this node starts in when its log and snapshot
+        hold no configuration yet; empty for a node that will --join."""
         self.id = node_id
-        self.members = sorted(set(members) | {node_id})
-        self.peers = [m for m in self.members if m != node_id]
         self.storage, self.machine, self.rng, self.config = storage, machine, rng, config
         self.logger = logger or logging.getLogger("raft")
+        members = sorted(set(members) | ({node_id} if members else set()))
 
-        # Persistent state on all servers (see [PERSIST])
+        # Persistent state on all servers (see [PERSIST]), and the snapshot
+        # that stands for the log's compacted prefix (dissertation ch. 5).
         term, voted_for, entries = storage.load()
-        self.log = Log(entries)
+        self.snapshot_text = storage.load_snapshot()
+        snapshot = self.load_snapshot_state(self.snapshot_text)
+        self.log = Log(entries, snapshot.index if snapshot else 0,
+                       snapshot.term if snapshot else 0)
         self.current_term = max(term, self.log.last_term)
         self.voted_for = voted_for if term == self.current_term else None
         if self.current_term != term:
@@ -706,45 +1011,85 @@ class RaftNode:
             # prove the term existed, and no vote of that term was ever sent.
             storage.save_term_and_vote(self.current_term, None)
 
-        # Volatile state on all servers
-        self.commit_index = 0
-        self.last_applied = 0
+        # Volatile state on all servers (a snapshot is committed and applied)
+        self.commit_index = self.log.snapshot_index
+        self.last_applied = self.log.snapshot_index
 
         # Volatile state on leaders (reinitialized after election)
         self.next_index: dict[str, int] = {}
         self.match_index: dict[str, int] = {}
 
+        # The configuration (§4.1): the latest one in the log is in force.
+        # configs holds (index, Membership) for the snapshot's (or the start
+        # configuration, at index 0) and each configuration entry after it.
+        base = snapshot.config if snapshot else Membership(tuple(members))
+        self.configs: list[tuple[int, Membership]] = [(self.log.snapshot_index, base)]
+        self.members: list[str] = []              # voters of the latest configuration
+        self.learners: list[str] = []
+        self.peers: list[str] = []                # everyone we replicate to
+
         # Beyond Figure 2: role and timers, client sessions, reads, outputs
         self.role = Role.FOLLOWER
         self.leader_id: str | None = None
         self.votes: set[str] = set()
+        self.pre_votes: set[str] | None = None   # a pre-vote under way (§9.6)
+        self.ticks = 0                           # this node's clock, in ticks
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.election_timeout = self.random_election_timeout()
+        self.heard_from: set[str] = set()        # check-quorum: who answered lately
         self.in_flight: dict[str, int] = {}      # heartbeats a batch has waited
+        self.snapshot_offset: dict[str, int] = {}  # followers being sent the snapshot
+        self.incoming: tuple | None = None       # (key, [chunks], length) being received
         self.sessions: collections.OrderedDict = collections.OrderedDict()
+        if snapshot:
+            for client, seq, answer in snapshot.sessions:
+                self.sessions[client] = (seq, answer)
         self.waiting: dict[int, dict] = {}       # index -> {request_id: term}
         self.proposed: dict[tuple[str, int], int] = {}
         self.pending_reads: dict[Any, PendingRead] = {}
+        self.pending_changes: list[tuple[Any, str, str]] = []  # (request, add|remove, id)
+        self.catch_up: dict[str, tuple[int, int]] = {}   # learner -> (round end, start tick)
+        self.transfer: Transfer | None = None
         self.read_round = 0
         self.read_round_wanted = False
         self.read_acks: dict[str, int] = {}
         self.outbox: list[tuple[str, Any]] = []
         self.answers: list[tuple[Any, dict]] = []
         self.counters: collections.Counter = collections.Counter()
+        self.on_apply: Callable[[int, Entry], None] | None = None   # observers (tests)
         # Explain mode: also log the frequent decisions (refusals, commits,
         # back-offs), and pass every decision to on_explain (the prompt
         # prints them). Elections, votes and step-downs are always logged.
         self.explaining = False
         self.on_explain: Callable[[str], None] | None = None
+        self.track_configurations(self.log.snapshot_index + 1)
+
+    def load_snapshot_state(self, text: str | None) -> Snapshot | None:
+        """Restore the state machine from the stored snapshot, if any."""
+        if text is None:
+            return None
+        snapshot = decode_snapshot(text)       # storage checked it when loading
+        where = getattr(self.storage, "snapshot_path", "snapshot")
+        if snapshot.machine != self.machine.name:
+            raise StorageError(where, 1, f"a snapshot of the {snapshot.machine} machine; "
+                                         f"this node runs {self.machine.name}")
+        try:
+            self.machine.restore(snapshot.state)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise StorageError(where, 2, f"the state does not restore: {error!r}") from None
+        return snapshot
 
     def random_election_timeout(self) -> int:
         low, high = self.config.election_timeout_ticks
         return self.rng.randint(low, high)
 
     def has_quorum(self, ids: Iterable[str]) -> bool:
-        """A majority of the members (this node included if in ids)."""
+        """A majority of the voters (this node included if in ids)."""
         return len(set(ids) & set(self.members)) > len(self.members) // 2
+
+    def is_voter(self) -> bool:
+        return self.id in self.members
 
     def set_term_and_vote(self, term: int, voted_for: str | None) -> None:
         """Change persistent state; it is synced before the next send."""
@@ -771,29 +1116,54 @@ class RaftNode:
     # -- [6.2] inputs ------------------------------------------------------------
     def tick(self) -> None:
         """One unit of time has passed."""
-        if self.role is Role.LEADER:
-            self.heartbeat_elapsed += 1
-            if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
-                self.broadcast_append_entries()
-            return
+        self.ticks += 1
         self.election_elapsed += 1
+        if self.role is Role.LEADER:
+            self.check_quorum()
+            if self.role is Role.LEADER:
+                self.check_transfer()
+            if self.role is Role.LEADER:
+                self.heartbeat_elapsed += 1
+                if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+                    self.broadcast_append_entries()
+            return
         # [FOL-2] a follower that heard from no leader and granted no vote for
         # a whole election timeout starts an election.
         # [CAN-4] a candidate whose election timed out (a split vote) starts
         # a new one, in a higher term, with a fresh random timeout.
+        # Both first ask for pre-votes (§9.6) when config.pre_vote is on; a
+        # server that is not a voter in its configuration never stands (§4.2).
         if self.election_elapsed >= self.election_timeout:
-            self.start_election()
+            if not self.is_voter():
+                self.election_elapsed = 0
+            elif self.config.pre_vote:
+                self.start_pre_vote()
+            else:
+                self.start_election()
 
     def step(self, message) -> None:
-        """A peer message arrived. Stale, duplicated and reordered ones are harmless."""
+        """A peer message arrived. Stale, duplicated and reordered ones are harmless.
+
+        RPCs are processed whoever sends them, member or not (§4.1: a server
+        new to the cluster, or one our log does not list yet, must be heard);
+        replies count only from the servers we asked."""
         sender = message_sender(message)
-        if sender not in self.members or sender == self.id:
+        if sender == self.id:
             self.counters["not from a member"] += 1
+            return
+        # [§4.2.3] a vote request while we hear from a leader comes from a
+        # server that cannot know better (removed, or cut off and back): it
+        # must not depose a leader that is working. Ignore it, term and all.
+        if (isinstance(message, RequestVote) and not message.transfer
+                and self.hears_a_leader()):
+            self.refuse_during_lease(message)
             return
         # [ALL-2] a higher term in any message means we are out of date:
         # adopt the term and become a follower before handling the message.
-        if message.term > self.current_term:
-            leader = message.leader_id if isinstance(message, AppendEntries) else None
+        # A pre-vote's term is only proposed (§9.6): it changes nothing.
+        if message.term > self.current_term and not is_pre_vote(message):
+            leader = message.leader_id if isinstance(
+                message, (AppendEntries, InstallSnapshot, TimeoutNow)) else None
             self.explain("ALL-2", f"sees term {message.term} from {sender}, newer than "
                                   f"its term {self.current_term}: adopts it as a follower")
             self.become_follower(message.term, leader)
@@ -805,8 +1175,34 @@ class RaftNode:
             self.handle_request_vote_reply(message)
         elif isinstance(message, AppendEntries):
             self.handle_append_entries(message)
-        else:
+        elif isinstance(message, AppendEntriesReply):
             self.handle_append_entries_reply(message)
+        elif isinstance(message, InstallSnapshot):
+            self.handle_install_snapshot(message)
+        elif isinstance(message, InstallSnapshotReply):
+            self.handle_install_snapshot_reply(message)
+        else:
+            self.handle_timeout_now(message)
+
+    def hears_a_leader(self) -> bool:
+        """Within the minimum election timeout of hearing a leader (or being
+        one): no election is needed, so none is allowed to disrupt (§4.2.3)."""
+        if not self.config.check_quorum:
+            return False
+        if self.role is Role.LEADER:
+            return True
+        return (self.leader_id is not None
+                and self.election_elapsed < self.config.election_timeout_ticks[0])
+
+    def refuse_during_lease(self, request: RequestVote) -> None:
+        kind = "pre-vote" if request.pre_vote else "vote"
+        if self.explaining:
+            self.explain("§4.2.3", f"ignores the {kind} request of {request.candidate_id} "
+                                   f"for term {request.term}: it hears leader "
+                                   f"{self.leader_id} (the request could only disrupt it)")
+        if request.pre_vote:       # a pre-vote changes nothing: say no at once
+            self.send(request.candidate_id, RequestVoteReply(
+                self.current_term, False, self.id, request.candidate_id, pre_vote=True))
 
     # -- [6.3] role transitions -------------------------------------------------
     def become_follower(self, term: int, leader_id: str | None = None) -> None:
@@ -818,6 +1214,7 @@ class RaftNode:
         newer = term > self.current_term
         if newer:
             self.set_term_and_vote(term, None)
+            self.pre_votes = None
         self.leader_id = leader_id
         if self.role is Role.FOLLOWER:
             # A follower keeps its election timer running: only hearing the
@@ -835,25 +1232,59 @@ class RaftNode:
         if was_leader:
             self.fail_pending_requests()
 
-    def start_election(self) -> None:
+    def start_pre_vote(self) -> None:
+        """[§9.6] Pre-vote: before raising its term, a would-be candidate asks
+        the voters whether they would vote for it in term + 1. They say yes
+        only if its log is up to date and they hear no leader themselves. A
+        server that was cut off, and comes back with a stale log or to a
+        healthy leader, so never raises the cluster's term."""
+        if self.role is Role.CANDIDATE:
+            self.explain("CAN-4", f"election of term {self.current_term} timed out: "
+                                  f"back to follower, to ask for pre-votes first")
+            self.role = Role.FOLLOWER
+        self.leader_id = None
+        self.pre_votes = {self.id}
+        self.election_elapsed = 0
+        self.election_timeout = self.random_election_timeout()
+        if self.explaining:
+            self.explain("§9.6", f"heard no leader for its timeout: asks for pre-votes for "
+                                 f"term {self.current_term + 1} (its term stays "
+                                 f"{self.current_term})")
+        for peer in self.members:
+            if peer != self.id:
+                self.send(peer, RequestVote(self.current_term + 1, self.id,
+                                            self.log.last_index, self.log.last_term,
+                                            pre_vote=True))
+        self.count_pre_votes()
+
+    def count_pre_votes(self) -> None:
+        if self.pre_votes is not None and self.has_quorum(self.pre_votes):
+            self.pre_votes = None
+            self.start_election()
+
+    def start_election(self, transfer: bool = False) -> None:
         # [CAN-1] increment the term, vote for ourselves, reset the election
         # timer, and ask every other server for its vote. The vote for
         # ourselves is persisted before any RequestVote leaves (see [PERSIST]).
+        why = ("the leader hands leadership over (TimeoutNow)" if transfer else
+               f"heard no leader for {self.election_elapsed} ticks (its timeout)"
+               if not self.config.pre_vote else "a majority would vote for it (pre-vote)")
         self.explain("FOL-2" if self.role is Role.FOLLOWER else "CAN-4",
-                     f"heard no leader for {self.election_elapsed} ticks (its timeout): "
-                     f"stands for election in term {self.current_term + 1}")
+                     f"{why}: stands for election in term {self.current_term + 1}")
         self.role = Role.CANDIDATE
         self.set_term_and_vote(self.current_term + 1, self.id)
         self.leader_id = None
         self.votes = {self.id}
+        self.pre_votes = None
         self.election_elapsed = 0
         self.election_timeout = self.random_election_timeout()
+        voters = [m for m in self.members if m != self.id]
         self.explain("CAN-1", f"votes for itself in term {self.current_term} and asks "
-                              f"{', '.join(self.peers)} (its last log: term {self.log.last_term}, "
-                              f"index {self.log.last_index})")
-        for peer in self.peers:
-            self.send(peer, RequestVote(self.current_term, self.id,
-                                        self.log.last_index, self.log.last_term))
+                              f"{', '.join(voters) or 'no one else'} (its last log: term "
+                              f"{self.log.last_term}, index {self.log.last_index})")
+        for peer in voters:
+            self.send(peer, RequestVote(self.current_term, self.id, self.log.last_index,
+                                        self.log.last_term, transfer=transfer))
         self.count_votes()
 
     def count_votes(self) -> None:
@@ -864,11 +1295,11 @@ class RaftNode:
     def become_leader(self) -> None:
         self.role = Role.LEADER
         self.leader_id = self.id
-        self.next_index = {peer: self.log.last_index + 1 for peer in self.peers}
-        self.match_index = {peer: 0 for peer in self.peers}
-        self.in_flight = {peer: NOTHING_IN_FLIGHT for peer in self.peers}
+        self.next_index, self.match_index, self.in_flight, self.read_acks = {}, {}, {}, {}
+        self.snapshot_offset, self.catch_up, self.transfer = {}, {}, None
+        self.track_peers()
         self.read_round, self.read_round_wanted = 0, False
-        self.read_acks = {peer: 0 for peer in self.peers}
+        self.election_elapsed, self.heard_from = 0, set()
         self.explain("CAN-2", f"becomes leader of term {self.current_term}: votes from "
                               f"{', '.join(sorted(self.votes))}, a majority of "
                               f"{len(self.members)}")
@@ -882,14 +1313,52 @@ class RaftNode:
         # now, and again whenever the heartbeat interval passes.
         self.broadcast_append_entries()
 
+    def track_peers(self) -> None:
+        """A leader keeps replication state for exactly the current peers."""
+        if self.role is not Role.LEADER:
+            return
+        for peer in self.peers:
+            if peer not in self.next_index:
+                self.next_index[peer] = self.log.last_index + 1
+                self.match_index[peer] = 0
+                self.in_flight[peer] = NOTHING_IN_FLIGHT
+                self.read_acks[peer] = 0
+        for table in (self.next_index, self.match_index, self.in_flight, self.read_acks,
+                      self.snapshot_offset, self.catch_up):
+            for peer in [p for p in table if p not in self.peers]:
+                del table[peer]
+
     def fail_pending_requests(self) -> None:
         """A deposed leader cannot promise anything: clients must retry."""
+        refusal = not_leader(self.leader_id, self.current_term)
         for waiters in self.waiting.values():
             for request_id in waiters:
-                self.answer(request_id, not_leader(self.leader_id, self.current_term))
+                self.answer(request_id, refusal)
         for request_id in self.pending_reads:
-            self.answer(request_id, not_leader(self.leader_id, self.current_term))
+            self.answer(request_id, refusal)
+        for request_id, _action, _server in self.pending_changes:
+            self.answer(request_id, refusal)
+        if self.transfer is not None and not self.transfer.sent:
+            for request_id in self.transfer.request_ids:
+                self.answer(request_id, refusal)
         self.waiting, self.proposed, self.pending_reads = {}, {}, {}
+        self.pending_changes, self.transfer = [], None
+
+    def check_quorum(self) -> None:
+        """Check-quorum: a leader that heard from no majority of voters for
+        an election timeout steps down, so its clients go and find the leader
+        the others have elected (or will elect) instead of waiting on it."""
+        if not self.config.check_quorum:
+            return
+        if self.election_elapsed < self.config.election_timeout_ticks[1]:
+            return
+        heard = self.heard_from | {self.id}
+        self.election_elapsed, self.heard_from = 0, set()
+        if not self.has_quorum(heard):
+            self.explain("check-quorum", f"heard from only {', '.join(sorted(heard))} of "
+                                         f"{len(self.members)} voters in an election "
+                                         f"timeout: steps down")
+            self.become_follower(self.current_term, None)
 
     # -- [6.4] elections ----------------------------------------------------------
     def is_up_to_date(self, last_log_term: int, last_log_index: int) -> bool:
@@ -904,6 +1373,9 @@ class RaftNode:
 
     def handle_request_vote(self, request: RequestVote) -> None:
         candidate = request.candidate_id
+        if request.pre_vote:
+            self.handle_pre_vote(request)
+            return
         # [RV-1] a candidate from an older term cannot win anything.
         if request.term < self.current_term:
             granted, reason = False, f"its term {request.term} is older than ours"
@@ -925,15 +1397,49 @@ class RaftNode:
                            f"in term {request.term}: {reason}")
         self.send(candidate, RequestVoteReply(self.current_term, granted, self.id, candidate))
 
+    def handle_pre_vote(self, request: RequestVote) -> None:
+        """[§9.6] Would we vote for this candidate in its proposed term? The
+        same test as RV-1 and RV-2, but nothing is recorded: no term, no
+        vote, no timer reset. (Hearing a leader was checked in step().)"""
+        if request.term <= self.current_term:
+            granted, reason = False, f"term {request.term} is not past ours"
+        elif not self.is_up_to_date(request.last_log_term, request.last_log_index):
+            granted, reason = False, "its log is behind ours"
+        else:
+            granted, reason = True, "its log is up to date and we hear no leader"
+        if self.explaining:
+            self.explain("§9.6", f"{'grants' if granted else 'refuses'} a pre-vote to "
+                                 f"{request.candidate_id} for term {request.term}: {reason}")
+        # A granted pre-vote echoes the proposed term, so it is not mistaken
+        # for news of a newer term; a refusal carries ours.
+        self.send(request.candidate_id, RequestVoteReply(
+            request.term if granted else self.current_term, granted, self.id,
+            request.candidate_id, pre_vote=True))
+
     def handle_request_vote_reply(self, reply: RequestVoteReply) -> None:
+        if reply.candidate_id != self.id or reply.voter_id not in self.members:
+            return
+        if reply.pre_vote:
+            if (self.pre_votes is not None and reply.vote_granted
+                    and reply.term == self.current_term + 1):
+                self.pre_votes.add(reply.voter_id)
+                self.count_pre_votes()
+            return
         # Judge the reply against our term now, not the one we had when we
         # asked: a reply from an earlier election must not count.
-        if (self.role is not Role.CANDIDATE or reply.term != self.current_term
-                or reply.candidate_id != self.id):
+        if self.role is not Role.CANDIDATE or reply.term != self.current_term:
             return
         if reply.vote_granted:
             self.votes.add(reply.voter_id)
             self.count_votes()
+
+    def handle_timeout_now(self, message: TimeoutNow) -> None:
+        """[§3.10] Our leader asks us to stand for election at once: it has
+        brought our log up to date and stopped taking writes."""
+        if (message.term != self.current_term or message.leader_id != self.leader_id
+                or self.role is not Role.FOLLOWER or not self.is_voter()):
+            return
+        self.start_election(transfer=True)
 
     # -- [6.5] replication and commit -----------------------------------------------
     def append_to_own_log(self, command) -> int:
@@ -942,6 +1448,7 @@ class RaftNode:
         entry = Entry(self.current_term, command)
         self.log.replace_from(index, [entry])
         self.storage.write_entries(index, [entry])
+        self.track_configurations(index)
         self.advance_commit_index()       # a one-node cluster commits at once
         return index
 
@@ -953,13 +1460,16 @@ class RaftNode:
             self.heartbeat_elapsed = 0
         for peer in self.peers:
             batch = self.in_flight[peer]
-            if batch == BATCH_SENT or (batch == BATCH_WAITED and not is_heartbeat):
+            if peer in self.snapshot_offset:
+                if is_heartbeat:          # the chunk or its answer may be lost: resend
+                    self.send_snapshot_chunk(peer)
+            elif batch == BATCH_SENT or (batch == BATCH_WAITED and not is_heartbeat):
                 # A batch is on its way, maybe just slow: send no entries now,
                 # from where the follower is known to match. If its reply is
                 # still missing at the next heartbeat, it was lost: resend.
                 if is_heartbeat:
                     self.in_flight[peer] = BATCH_WAITED
-                match = self.match_index[peer]
+                match = max(self.match_index[peer], self.log.snapshot_index)
                 self.send(peer, AppendEntries(self.current_term, self.id, match,
                                               self.log.term_at(match), (),
                                               self.commit_index, self.read_round))
@@ -969,8 +1479,13 @@ class RaftNode:
     def send_append_entries(self, peer: str) -> None:
         # [LEAD-3] send the entries from next_index on: as many as fit one
         # datagram. An empty list is a heartbeat; either way the follower
-        # checks that our logs match at prev_log_index (AE-2).
+        # checks that our logs match at prev_log_index (AE-2). Entries we
+        # have compacted away can only go as a snapshot.
         prev_log_index = self.next_index[peer] - 1
+        if prev_log_index < self.log.snapshot_index:
+            self.snapshot_offset.setdefault(peer, 0)
+            self.send_snapshot_chunk(peer)
+            return
         entries, budget = [], self.config.max_append_bytes
         for index in range(prev_log_index + 1, self.log.last_index + 1):
             entry = self.log.entry(index)
@@ -992,14 +1507,12 @@ class RaftNode:
                                      f"term {request.term} is older than {self.current_term}")
             self.reply_append_entries(request, success=False)
             return
-        # [CAN-3] someone won this term's election; a candidate gives up.
-        if self.role is not Role.FOLLOWER:
-            self.become_follower(request.term, request.leader_id)
-        self.leader_id = request.leader_id
-        self.election_elapsed = 0          # see [FOL-2]: the leader is alive
+        self.recognize_leader(request.term, request.leader_id)
         # [AE-2] our logs must agree at prev_log_index, or the new entries
-        # would not extend the same history (Log Matching).
-        if self.log.term_at(request.prev_log_index) != request.prev_log_term:
+        # would not extend the same history (Log Matching). Entries up to our
+        # snapshot are committed, so they agree with every real leader's.
+        if (request.prev_log_index > self.log.snapshot_index
+                and self.log.term_at(request.prev_log_index) != request.prev_log_term):
             if self.explaining:
                 self.explain_log_mismatch(request)
             self.reply_append_entries(request, success=False)
@@ -1018,11 +1531,21 @@ class RaftNode:
             self.commit_index = commit_index
         self.reply_append_entries(request, success=True, match_index=last_new_index)
 
+    def recognize_leader(self, term: int, leader_id: str) -> None:
+        # [CAN-3] someone won this term's election; a candidate gives up.
+        if self.role is not Role.FOLLOWER:
+            self.become_follower(term, leader_id)
+        self.leader_id = leader_id
+        self.pre_votes = None
+        self.election_elapsed = 0          # see [FOL-2]: the leader is alive
+
     def store_new_entries(self, request: AppendEntries) -> bool:
         """AE-3 and AE-4: skip entries we have; cut at the first conflict.
         Returns False if the message was refused (see below)."""
         for offset, entry in enumerate(request.entries):
             index = request.prev_log_index + 1 + offset
+            if index <= self.log.snapshot_index:
+                continue               # committed, and compacted into our snapshot
             existing_term = self.log.term_at(index)
             if existing_term == entry.term:
                 continue               # a duplicate or reordered message
@@ -1039,6 +1562,7 @@ class RaftNode:
             new_entries = list(request.entries[offset:])
             self.log.replace_from(index, new_entries)
             self.storage.write_entries(index, new_entries)
+            self.track_configurations(index)
             return True
         return True
 
@@ -1077,10 +1601,14 @@ class RaftNode:
             conflict_index, conflict_term, request.read_round))
 
     def handle_append_entries_reply(self, reply: AppendEntriesReply) -> None:
-        if self.role is not Role.LEADER or reply.term != self.current_term:
-            return                          # stale: from an earlier term of ours
         peer = reply.follower_id
+        if (self.role is not Role.LEADER or reply.term != self.current_term
+                or peer not in self.next_index):
+            return                  # stale: from an earlier term of ours, or an ex-peer
+        self.heard_from.add(peer)
         self.read_acks[peer] = max(self.read_acks[peer], reply.read_round)
+        if peer in self.snapshot_offset:
+            return                  # a late answer: the snapshot decides where it stands
         before = (self.match_index[peer], self.next_index[peer])
         if reply.success:
             # [LEAD-3a] the follower holds our log up to match_index.
@@ -1088,6 +1616,8 @@ class RaftNode:
                 self.match_index[peer] = reply.match_index
             self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
             self.advance_commit_index()
+            self.consider_promotion(peer)
+            self.check_transfer()
         else:
             # [LEAD-3b] the logs disagree: retry from earlier, skipping the
             # follower's whole conflicting term if we do not have it (§5.3-HINT).
@@ -1120,9 +1650,14 @@ class RaftNode:
         #   S5:       1 3      S2-S4's votes (last term 3 beats 2) and overwrite
         # it. Once an entry of term 4 is on a majority, S5 can never win, and
         # everything before that entry is safe too (Log Matching).
+        # Only voters count (§4.1), so a leader being removed does not count itself.
         if self.role is not Role.LEADER:
             return
-        matched = sorted([self.log.last_index, *self.match_index.values()], reverse=True)
+        matched = sorted((self.log.last_index if voter == self.id
+                          else self.match_index.get(voter, 0) for voter in self.members),
+                         reverse=True)
+        if not matched:
+            return
         majority_index = matched[len(self.members) // 2]
         if majority_index <= self.commit_index:
             return
@@ -1138,12 +1673,350 @@ class RaftNode:
                                    f"{self.log.term_at(majority_index)} is not ours "
                                    f"({self.current_term}), see Figure 8")
 
-    # -- [6.6] client commands and sessions (§6.3) ----------------------------
+    # -- [6.6] snapshots: log compaction (dissertation ch. 5) ------------------------
+    def take_snapshot(self) -> int:
+        """Write the state machine and the sessions as of last_applied to a
+        snapshot, and drop the log entries it covers. Returns its index."""
+        index = self.last_applied
+        if index <= self.log.snapshot_index:
+            return self.log.snapshot_index
+        term = self.log.term_at(index)
+        sessions = tuple((client, seq, answer)
+                         for client, (seq, answer) in self.sessions.items())
+        snapshot = Snapshot(index, term, self.config_at(index), self.machine.name,
+                            self.machine.snapshot(), sessions)
+        text = encode_snapshot(snapshot)
+        dropped = index - self.log.snapshot_index
+        self.log.compact(index, term)
+        self.storage.save_snapshot(text, index, term, self.log.entries)
+        self.snapshot_text = text
+        self.forget_configurations_before(index)
+        self.explain("§5.1", f"takes a snapshot at index {index} (term {term}, "
+                             f"{len(text)} bytes) and drops {dropped} log entries")
+        return index
+
+    def send_snapshot_chunk(self, peer: str) -> None:
+        """[§5.3] InstallSnapshot: the next chunk of our snapshot for a
+        follower that needs entries we no longer have. One chunk is in flight
+        at a time; the follower's answer says where to go on from."""
+        offset = self.snapshot_offset[peer]
+        text = self.snapshot_text or ""
+        # The text is ASCII JSON: as a JSON string each character takes at
+        # most two bytes (\" \\ \n), so half the budget always fits.
+        data = text[offset:offset + max(1, self.config.max_append_bytes // 2)]
+        self.in_flight[peer] = BATCH_SENT
+        self.send(peer, InstallSnapshot(self.current_term, self.id, self.log.snapshot_index,
+                                        self.log.snapshot_term, offset, data,
+                                        offset + len(data) >= len(text)))
+
+    def handle_install_snapshot(self, request: InstallSnapshot) -> None:
+        if request.term < self.current_term:     # as AE-1: an old leader learns our term
+            self.reply_install_snapshot(request, 0, False)
+            return
+        self.recognize_leader(request.term, request.leader_id)
+        if request.last_included_index <= self.commit_index:
+            # We already hold (committed, so agreeing with any leader) all it
+            # covers: nothing to install.
+            self.reply_install_snapshot(request, request.offset + len(request.data), True)
+            return
+        key = (request.term, request.leader_id, request.last_included_index,
+               request.last_included_term)
+        if self.incoming is None or self.incoming[0] != key:
+            self.incoming = (key, [], 0)
+        _, chunks, length = self.incoming
+        if request.offset != length:
+            # Lost, duplicated or reordered: say how much we hold.
+            self.reply_install_snapshot(request, length, False)
+            return
+        chunks.append(request.data)
+        length += len(request.data)
+        self.incoming = (key, chunks, length)
+        if not request.done:
+            self.reply_install_snapshot(request, length, False)
+            return
+        self.incoming = None
+        text = "".join(chunks)
+        try:
+            snapshot = decode_snapshot(text)
+            if (snapshot.index, snapshot.term) != (request.last_included_index,
+                                                   request.last_included_term):
+                raise SnapshotDamage(1, "its header does not match the message")
+            if snapshot.machine != self.machine.name:
+                raise SnapshotDamage(1, f"a {snapshot.machine} snapshot; we run "
+                                        f"{self.machine.name}")
+        except SnapshotDamage as error:
+            self.counters["bad field"] += 1
+            self.logger.error("%s drops a damaged snapshot from %s: line %d: %s",
+                              self.describe(), request.leader_id, error.line, error)
+            self.reply_install_snapshot(request, 0, False)
+            return
+        self.install_snapshot(snapshot, text)
+        self.reply_install_snapshot(request, length, True)
+
+    def install_snapshot(self, snapshot: Snapshot, text: str) -> None:
+        """Replace our state with the leader's snapshot, all at once and only
+        once it is whole (Figure 13, steps 5-8): keep the log entries after it
+        if our log agrees with it at its last index, else drop the whole log."""
+        previous = self.machine.snapshot()
+        try:
+            self.machine.restore(snapshot.state)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            self.machine.restore(previous)
+            self.logger.error("%s cannot restore a snapshot: %r", self.describe(), error)
+            return
+        self.log.compact(snapshot.index, snapshot.term)
+        self.sessions = collections.OrderedDict(
+            (client, (seq, answer)) for client, seq, answer in snapshot.sessions)
+        self.commit_index = max(self.commit_index, snapshot.index)
+        self.last_applied = snapshot.index
+        self.configs = [(snapshot.index, snapshot.config)]
+        self.track_configurations(snapshot.index + 1)
+        # Durable before our answer says so (see [PERSIST]): save_snapshot
+        # returns only once the files are synced.
+        self.storage.save_snapshot(text, snapshot.index, snapshot.term, self.log.entries)
+        self.snapshot_text = text
+        self.explain("§5.3", f"installs the leader's snapshot up to index {snapshot.index} "
+                             f"(term {snapshot.term}); keeps {len(self.log.entries)} later "
+                             f"log entries")
+
+    def reply_install_snapshot(self, request: InstallSnapshot, next_offset: int,
+                               done: bool) -> None:
+        self.send(request.leader_id, InstallSnapshotReply(
+            self.current_term, self.id, request.last_included_index, request.offset,
+            next_offset, done))
+
+    def handle_install_snapshot_reply(self, reply: InstallSnapshotReply) -> None:
+        peer = reply.follower_id
+        if (self.role is not Role.LEADER or reply.term != self.current_term
+                or peer not in self.snapshot_offset):
+            return
+        self.heard_from.add(peer)
+        if reply.last_included_index != self.log.snapshot_index:
+            self.snapshot_offset[peer] = 0       # we have a newer snapshot: start it
+        elif reply.done:
+            # The follower holds everything up to the snapshot's index.
+            del self.snapshot_offset[peer]
+            self.in_flight[peer] = NOTHING_IN_FLIGHT
+            self.match_index[peer] = max(self.match_index[peer], reply.last_included_index)
+            self.next_index[peer] = self.match_index[peer] + 1
+            self.advance_commit_index()
+            self.consider_promotion(peer)
+            self.check_transfer()
+            self.send_append_entries(peer)
+            return
+        elif (reply.chunk_offset == self.snapshot_offset[peer]
+                or reply.next_offset > self.snapshot_offset[peer]):
+            # An answer to the chunk we last sent, or news of progress. A
+            # stale answer about an older chunk must not move us back, and
+            # sending only on an answer keeps one chunk in flight.
+            self.snapshot_offset[peer] = min(reply.next_offset, len(self.snapshot_text or ""))
+        else:
+            return
+        self.send_snapshot_chunk(peer)
+
+    # -- [6.7] membership changes, one server at a time (§4.1-4.3) ---------------------
+    def track_configurations(self, from_index: int) -> None:
+        """[§4.1] A server uses the latest configuration in its log, committed
+        or not. Called whenever entries from from_index on were replaced: a
+        configuration entry that AE-3 deleted stops counting at once."""
+        while len(self.configs) > 1 and self.configs[-1][0] >= from_index:
+            self.configs.pop()
+        for index in range(max(from_index, self.log.snapshot_index + 1),
+                           self.log.last_index + 1):
+            entry = self.log.entry(index)
+            if type(entry.command) is dict and "config" in entry.command:
+                self.configs.append((index, config_of(entry)))
+        self.use_latest_configuration()
+
+    def use_latest_configuration(self) -> None:
+        index, latest = self.configs[-1]
+        if (list(latest.voters), list(latest.learners)) == (self.members, self.learners):
+            return
+        first = not self.members and not self.learners and not self.peers
+        self.members, self.learners = list(latest.voters), list(latest.learners)
+        self.peers = [server for server in latest.servers if server != self.id]
+        if hasattr(self, "role"):                  # not while __init__ is still loading
+            self.track_peers()
+            if not first or index:
+                self.explain("§4.1", f"uses the configuration {latest.describe()} from index "
+                                     f"{index}: it takes effect as soon as it is in the log")
+
+    def forget_configurations_before(self, index: int) -> None:
+        """After compaction the snapshot carries the configuration in force
+        at its index; only later configuration entries stay in the list."""
+        base = self.config_at(index)
+        self.configs = [(index, base)] + [(i, c) for i, c in self.configs if i > index]
+
+    def config_at(self, index: int) -> Membership:
+        return [config for i, config in self.configs if i <= index][-1]
+
+    def can_change_configuration(self) -> bool:
+        """One change at a time, and only once an entry of this leader's term
+        is committed (the fix to single-server changes published after the
+        dissertation: otherwise two leaders' changes can overlap)."""
+        return (self.role is Role.LEADER and self.transfer is None
+                and self.configs[-1][0] <= self.commit_index
+                and self.has_committed_in_term())
+
+    def change_membership(self, request_id, action: str, server: str) -> None:
+        """Add (as a learner first, §4.2.1) or remove one server. Answered
+        once the configuration that settles it is committed."""
+        if self.role is not Role.LEADER:
+            self.answer(request_id, not_leader(self.leader_id, self.current_term))
+            return
+        self.pending_changes.append((request_id, action, server))
+        self.advance_membership_changes()
+
+    def advance_membership_changes(self) -> None:
+        waiting = []
+        for request_id, action, server in self.pending_changes:
+            if not self.try_membership_change(request_id, action, server):
+                waiting.append((request_id, action, server))
+        self.pending_changes = waiting
+
+    def try_membership_change(self, request_id, action: str, server: str) -> bool:
+        """Take the next step of one request; True once it is answered or
+        waits only for a commit."""
+        index, latest = self.configs[-1]
+        if action == "add":
+            if server in latest.voters:
+                return self.answer_when_committed(index, request_id)
+            if server in latest.learners or not self.can_change_configuration():
+                return False               # promoted once caught up (consider_promotion)
+            self.append_configuration(Membership(latest.voters, latest.learners + (server,)),
+                                      "§4.2.1", f"adds {server} as a learner: it gets the "
+                                                f"log, and a vote once it has caught up")
+            return False
+        if server not in latest.servers:
+            return self.answer_when_committed(index, request_id)
+        if latest.voters == (server,):
+            self.answer(request_id, {"ok": False, "error": "cannot remove the last voter"})
+            return True
+        if not self.can_change_configuration():
+            return False
+        index = self.append_configuration(
+            Membership(tuple(v for v in latest.voters if v != server),
+                       tuple(l for l in latest.learners if l != server)),
+            "§4.1", f"removes {server}")
+        return self.answer_when_committed(index, request_id)
+
+    def append_configuration(self, config: Membership, rule: str, text: str) -> int:
+        index = self.append_to_own_log({"config": config.encode()})
+        self.explain(rule, f"{text} (configuration entry at index {index}: "
+                           f"{config.describe()})")
+        return index
+
+    def answer_when_committed(self, index: int, request_id) -> bool:
+        if index <= self.last_applied:
+            self.answer(request_id, {"ok": True, "result": None})
+        else:
+            self.waiting.setdefault(index, {})[request_id] = self.log.term_at(index)
+        return True
+
+    def consider_promotion(self, peer: str) -> None:
+        """[§4.2.1] A learner becomes a voter once it has caught up: it
+        replicates in rounds (each to the leader's last index when the round
+        began), and the round that takes less than an election timeout shows
+        it is close enough that adding its vote will not stall commits."""
+        if peer not in self.learners or not self.can_change_configuration():
+            return
+        round_end, started = self.catch_up.setdefault(peer, (self.log.last_index, self.ticks))
+        if self.match_index[peer] < round_end:
+            return
+        if self.ticks - started > self.config.election_timeout_ticks[0]:
+            self.catch_up[peer] = (self.log.last_index, self.ticks)   # one more round
+            return
+        index, latest = self.configs[-1]
+        self.append_configuration(
+            Membership(tuple(sorted(latest.voters + (peer,))),
+                       tuple(l for l in latest.learners if l != peer)),
+            "§4.2.1", f"promotes {peer} to voter: it caught up to index {round_end} in "
+                      f"{self.ticks - started} ticks")
+
+    def step_down_if_removed(self) -> None:
+        """[§4.2.2] A leader removed from the configuration leads until that
+        configuration is committed (without counting itself), then steps
+        down, handing leadership to the most up-to-date voter."""
+        if (self.role is not Role.LEADER or self.is_voter()
+                or self.configs[-1][0] > self.commit_index):
+            return
+        target = self.most_up_to_date_voter()
+        text = "the configuration without it is committed: steps down"
+        if target is not None and self.match_index[target] == self.log.last_index:
+            self.send(target, TimeoutNow(self.current_term, self.id))
+            text += f" and hands leadership to {target} (TimeoutNow)"
+        self.explain("§4.2.2", text)
+        self.become_follower(self.current_term, None)
+
+    def most_up_to_date_voter(self) -> str | None:
+        voters = [v for v in self.members if v != self.id and v in self.match_index]
+        return max(voters, key=lambda v: (self.match_index[v], v), default=None)
+
+    # -- [6.8] leadership transfer (§3.10) ------------------------------------------------
+    def transfer_leadership(self, request_id, target: str | None = None) -> None:
+        """Hand leadership to target (None: the most up-to-date voter). The
+        leader stops taking writes, brings the target's log up to date, and
+        sends it TimeoutNow; the answer comes when TimeoutNow is sent."""
+        if self.role is not Role.LEADER:
+            self.answer(request_id, not_leader(self.leader_id, self.current_term))
+            return
+        if target is None:
+            target = self.most_up_to_date_voter()
+            if target is None:
+                self.answer(request_id, {"ok": False, "error": "no other voter to hand "
+                                                               "leadership to"})
+                return
+        if target == self.id:
+            self.answer(request_id, {"ok": True, "result": self.id})
+            return
+        if target not in self.members:
+            self.answer(request_id, {"ok": False, "error": f"{target} is not a voter"})
+            return
+        if self.transfer is not None and self.transfer.target != target:
+            self.answer(request_id, {"ok": False, "error": f"busy: handing leadership to "
+                                                           f"{self.transfer.target}"})
+            return
+        if self.transfer is None:
+            self.transfer = Transfer(target, self.ticks, [])
+            self.explain("§3.10", f"hands leadership to {target}: takes no more writes and "
+                                  f"brings its log up to date (it has "
+                                  f"{self.match_index[target]} of {self.log.last_index})")
+        self.transfer.request_ids.append(request_id)
+        self.check_transfer()
+
+    def check_transfer(self) -> None:
+        transfer = self.transfer
+        if transfer is None:
+            return
+        if self.ticks - transfer.started > self.config.election_timeout_ticks[1]:
+            self.explain("§3.10", f"gives up handing leadership to {transfer.target} after "
+                                  f"an election timeout, and takes writes again")
+            for request_id in transfer.request_ids:
+                self.answer(request_id, {"ok": False, "error": (
+                    f"{transfer.target} did not catch up within an election timeout")})
+            self.transfer = None
+            return
+        if not transfer.sent and self.match_index.get(transfer.target) == self.log.last_index:
+            self.send(transfer.target, TimeoutNow(self.current_term, self.id))
+            transfer.sent = True
+            self.explain("§3.10", f"{transfer.target} has all {self.log.last_index} entries: "
+                                  f"sends it TimeoutNow")
+            for request_id in transfer.request_ids:
+                self.answer(request_id, {"ok": True, "result": transfer.target})
+            transfer.request_ids = []
+
+    # -- [6.9] client commands and sessions (§6.3) ----------------------------
     def propose(self, request_id, client_id: str, seq: int, op: list) -> None:
         """A client asks for op, numbered seq in its session. Answered later,
         once applied, through collect_answers() (or at once if refused)."""
         if self.role is not Role.LEADER:
             self.answer(request_id, not_leader(self.leader_id, self.current_term))
+            return
+        if self.transfer is not None:
+            # §3.10: no new writes while handing over; the client retries
+            # and finds the new leader (named once TimeoutNow is out).
+            self.answer(request_id, not_leader(self.transfer.target if self.transfer.sent
+                                               else None, self.current_term))
             return
         try:
             self.machine.check(op)
@@ -1175,8 +2048,9 @@ class RaftNode:
     def apply_entry(self, entry: Entry) -> dict:
         """Apply one committed entry; the session table makes it at-most-once."""
         command = entry.command
-        if command is None:
-            return {"ok": True, "result": None}             # a leader's no-op
+        if command is None or "config" in command:
+            return {"ok": True, "result": None}   # a leader's no-op; a configuration
+                                                  # (in force since it was logged)
         client_id, seq = command["client"], command["seq"]
         try:
             self.machine.check(command["op"])   # a leader logs only checked ops,
@@ -1197,7 +2071,7 @@ class RaftNode:
             self.sessions.popitem(last=False)   # every node evicts the same one
         return answer
 
-    # -- [6.7] linearizable reads (§6.4) -------------------------------------------
+    # -- [6.10] linearizable reads (§6.4) -------------------------------------------
     def read(self, request_id, op: list) -> None:
         """A read that changes nothing. No log entry, no fsync, yet linearizable:
         [§6.4] ReadIndex. (1) Wait until an entry of our term is committed, so
@@ -1245,11 +2119,16 @@ class RaftNode:
                 waiting[read.request_id] = read
         self.pending_reads = waiting
 
-    # -- [6.8] outputs: what the cycle persists, sends, applies ------------------------
+    # -- [6.11] outputs: what the cycle persists, sends, applies ------------------------
     def collect_messages(self) -> list[tuple[str, Any]]:
         """Everything to send, after batching this cycle's new entries:
         one AppendEntries per follower carries all of them."""
         if self.role is Role.LEADER:
+            if self.pending_changes:
+                self.advance_membership_changes()
+            for learner in self.learners:
+                if learner in self.match_index:
+                    self.consider_promotion(learner)
             if self.read_round_wanted:
                 self.read_round += 1          # one round serves every read queued
                 self.read_round_wanted = False
@@ -1273,13 +2152,19 @@ class RaftNode:
             if self.logger.isEnabledFor(logging.INFO):   # spare the encoding otherwise
                 self.logger.info("[COMMIT] %d %d %s", index, entry.term,
                                  json.dumps(entry.command, separators=(",", ":")))
-            if entry.command is not None:
+            if self.on_apply is not None:
+                self.on_apply(index, entry)
+            if entry.command is not None and "client" in entry.command:
                 self.proposed.pop((entry.command["client"], entry.command["seq"]), None)
             for request_id, term in self.waiting.pop(index, {}).items():
                 self.answer(request_id, answer if term == entry.term
                             else not_leader(self.leader_id, self.current_term))
         if self.pending_reads:
             self.answer_ready_reads()
+        self.step_down_if_removed()
+        every = self.config.snapshot_every
+        if every and self.last_applied - self.log.snapshot_index >= every:
+            self.take_snapshot()
 
     def collect_answers(self) -> list[tuple[Any, dict]]:
         answers, self.answers = self.answers, []
@@ -1291,7 +2176,8 @@ class RaftNode:
                 "voted_for": self.voted_for, "leader": self.leader_id,
                 "commit_index": self.commit_index, "last_applied": self.last_applied,
                 "last_log_index": self.log.last_index, "last_log_term": self.log.last_term,
-                "members": list(self.members), "machine": self.machine.name,
+                "members": list(self.members), "learners": list(self.learners),
+                "snapshot_index": self.log.snapshot_index, "machine": self.machine.name,
                 "sessions": len(self.sessions), "dropped": dict(self.counters)}
 
 
@@ -1301,9 +2187,19 @@ def message_sender(message) -> str:
         return message.candidate_id
     if isinstance(message, AppendEntries):
         return message.leader_id
+    if isinstance(message, (InstallSnapshot, TimeoutNow)):
+        return message.leader_id
     if isinstance(message, RequestVoteReply):
         return message.voter_id
     return message.follower_id
+
+
+def is_pre_vote(message) -> bool:
+    """A pre-vote request, or a granted pre-vote: its term is only proposed
+    (§9.6), so it must not make anyone adopt it (see [ALL-2])."""
+    return ((isinstance(message, RequestVote) and message.pre_vote)
+            or (isinstance(message, RequestVoteReply) and message.pre_vote
+                and message.vote_granted))
 
 
 # -- [6.9] the one ordering rule -----------------------------------------------------
@@ -1387,12 +2283,19 @@ def unseal(key: bytes | None, data: bytes) -> bytes:
     return body
 
 
-def resolve_address(node_id: str) -> tuple[str, int]:
-    """A member's (IP, port), as a datagram from it shows its source."""
-    host, port = split_address(node_id)
+def resolve_address(node_id: str, lookup: bool = True) -> tuple[str, int] | None:
+    """A server's (IP, port), as a datagram from it shows its source. With
+    lookup=False a host name is not looked up (None): a stranger's name
+    must not make the owner thread wait on DNS."""
+    try:
+        host, port = split_address(node_id)
+    except ValueError:
+        return None
     try:
         return str(ipaddress.ip_address(host)), port
     except ValueError:
+        if not lookup:
+            return None
         try:
             return socket.gethostbyname(host), port
         except OSError:
@@ -1476,7 +2379,7 @@ class NodeServer:
                  heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
                  max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
                  logger: logging.Logger | None = None, key: bytes | None = None,
-                 lab: bool = False):
+                 lab: bool = False, snapshot_every: int = 0):
         self.id = node_id
         self.logger = logger or logging.getLogger("raft")
         self.max_datagram_bytes = max_datagram_bytes
@@ -1491,7 +2394,8 @@ class NodeServer:
             election_timeout_ticks=(ms_to_ticks(election_timeout_ms[0]),
                                     ms_to_ticks(election_timeout_ms[1])),
             heartbeat_ticks=ms_to_ticks(heartbeat_ms),
-            max_append_bytes=max_datagram_bytes - DATAGRAM_HEADROOM_BYTES)
+            max_append_bytes=max_datagram_bytes - DATAGRAM_HEADROOM_BYTES,
+            snapshot_every=snapshot_every)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         bind_host, port = split_address(node_id)
         try:
@@ -1530,6 +2434,28 @@ class NodeServer:
                          ", ".join(self.node.members),
                          self.node.log.last_index, self.node.current_term)
         return self
+
+    def hand_over_leadership(self) -> str | None:
+        """Before a planned stop: if we lead, hand leadership to an up-to-date
+        voter (§3.10), so the cluster does not wait an election timeout for a
+        new leader. Returns the new leader, or None if there was none to find."""
+        if self.stopping.is_set():
+            return None
+        deadline = time.monotonic() + 2 * self.node.config.election_timeout_ticks[1] * TICK_MS / 1000
+        try:
+            is_leader = self.call(lambda node: node.role is Role.LEADER and len(node.members) > 1)
+            if not is_leader:
+                return None
+            self.logger.info("stopping: hands leadership over first")
+            self.call(lambda node: node.transfer_leadership(("local", "transfer"), None))
+            while time.monotonic() < deadline:
+                role, leader = self.call(lambda node: (node.role, node.leader_id))
+                if role is not Role.LEADER:
+                    return leader
+                time.sleep(0.01)
+        except TimeoutError:
+            pass
+        return None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -1650,7 +2576,7 @@ class NodeServer:
         """RPCs and replies count only from the member they name, sent from
         that member's own address (and, with a key, authentic)."""
         sender = message_sender(message)
-        if self.member_addresses.get(sender) != address:
+        if self.address_of(sender) != address:
             raise ProtocolError(f"{type(message).__name__} from {address[0]}:{address[1]} "
                                 f"names {sender!r}", "not from a member")
         if self.lab is not None and sender in self.lab.cut_off:
@@ -1658,6 +2584,17 @@ class NodeServer:
         if self.tracing:
             self.emit_event(f"<- {short_id(sender)} {describe_message(message)}")
         self.node.step(message)
+
+    def address_of(self, server: str) -> tuple[str, int] | None:
+        """Where datagrams from server come from. Host names are looked up
+        once, and only for servers some configuration in our log names."""
+        address = self.member_addresses.get(server)
+        if address is None:
+            known = any(server in config.servers for _, config in self.node.configs)
+            address = resolve_address(server, lookup=known)
+            if known and address is not None:
+                self.member_addresses[server] = address
+        return address
 
     # -- the lab and the event sink --------------------------------------------------
     def handle_lab_request(self, fields: dict, address) -> None:
@@ -1712,10 +2649,36 @@ class NodeServer:
         if type(op) is not list or not op or type(op[0]) is not str:
             raise ProtocolError("op must be a list starting with a command name")
         request_id = (address, client_id, seq)
-        if self.node.machine.is_read(op):         # read() and propose() check op
+        if op[0] in ADMIN_OPS:
+            self.handle_admin_request(request_id, op)
+        elif self.node.machine.is_read(op):       # read() and propose() check op
             self.node.read(request_id, op)
         else:
             self.node.propose(request_id, client_id, seq, op)
+
+    def handle_admin_request(self, request_id, op: list) -> None:
+        """Cluster changes (the leader's business) and snapshots (each node's own)."""
+        verb, args = op[0], op[1:]
+        try:
+            if verb == "snapshot" and not args:
+                self.deliver_answer(request_id, {"ok": True, "result": self.node.take_snapshot()})
+                return
+            if verb in ("add_member", "remove_member") and len(args) == 1:
+                server = normalize_address(_check_field("server", args[0], "id"))
+                self.node.change_membership(request_id, verb.split("_")[0], server)
+                return
+            if verb == "transfer" and len(args) == 1:
+                target = args[0]
+                target = None if target is None else normalize_address(
+                    _check_field("target", target, "id"))
+                self.node.transfer_leadership(request_id, target)
+                return
+        except ValueError as error:        # ProtocolError included: a bad address
+            self.deliver_answer(request_id, {"ok": False, "error": str(error)})
+            return
+        usage = {"snapshot": "snapshot", "add_member": "add_member HOST:PORT",
+                 "remove_member": "remove_member HOST:PORT", "transfer": "transfer HOST:PORT|null"}
+        self.deliver_answer(request_id, {"ok": False, "error": f"usage: {usage[verb]}"})
 
     # -- outputs --------------------------------------------------------------------
     def send_message(self, destination: str, message) -> None:
@@ -1742,6 +2705,8 @@ class NodeServer:
                 self.send_datagram(encode_message(message), split_address(destination))
 
     def deliver_answer(self, request_id, answer: dict) -> None:
+        if request_id[0] == "local":
+            return                       # asked from this process (hand_over_leadership)
         address, client_id, seq = request_id
         self.send_datagram({"type": "ClientReply", "client_id": client_id,
                             "seq": seq, **answer}, address)
@@ -1848,6 +2813,96 @@ class RaftClient:
 
     def delete(self, key: str) -> bool:
         return self.request(["del", key])
+
+    # -- cluster changes ----------------------------------------------------------------
+    def add_member(self, server: str) -> None:
+        """Add server (a running node, e.g. started with --join). It catches
+        up as a learner first; returns once it is a voter, committed."""
+        self.request(["add_member", normalize_address(server)])
+
+    def remove_member(self, server: str) -> None:
+        """Remove server; returns once the configuration without it is
+        committed. Removing the leader makes it hand leadership on."""
+        self.request(["remove_member", normalize_address(server)])
+
+    def transfer_leadership(self, target: str | None = None) -> None:
+        """Hand leadership to target (None: any up-to-date voter other than
+        the current leader). Returns once the new leader leads."""
+        target = normalize_address(target) if target is not None else None
+        deadline = time.monotonic() + self.timeout
+        first = None
+        while time.monotonic() < deadline:
+            leader = self.find_leader(deadline)
+            if leader is None:
+                break
+            first = first or leader
+            if leader == target or (target is None and leader != first):
+                return
+            # Asked of that leader only: a retry through a redirect could
+            # reach the new leader and, with no target, move leadership again.
+            reply = self.call_node(leader, ["transfer", target], deadline)
+            if reply is None or reply.get("error") == "not_leader":
+                continue
+            if not reply.get("ok"):
+                raise RaftError(str(reply.get("error")))
+            chosen = reply.get("result")
+            while time.monotonic() < deadline:
+                if self.status_or_none(chosen, deadline).get("role") == "leader":
+                    self.leader = chosen
+                    return
+                time.sleep(0.02)
+        raise ClusterUnavailable(f"leadership did not move to {target or 'another node'} "
+                                 f"within {self.timeout}s")
+
+    def find_leader(self, deadline: float) -> str | None:
+        """A node that says it leads, in the highest term seen (each node's own view)."""
+        while time.monotonic() < deadline:
+            views = [self.status_or_none(p, deadline) for p in self.peers]
+            named = {v.get("leader") for v in views if v.get("leader")}
+            for node in named - set(self.peers):   # a leader we were not told of
+                views.append(self.status_or_none(node, deadline))
+            leaders = [v for v in views if v.get("role") == "leader"]
+            if leaders:
+                return max(leaders, key=lambda v: v["term"])["id"]
+            time.sleep(0.05)
+        return None
+
+    def status_or_none(self, node_id: str, deadline: float) -> dict:
+        """One node's status, or {} if it is silent for a short while."""
+        saved = self.timeout
+        self.timeout = max(0.05, min(0.3, deadline - time.monotonic()))
+        try:
+            return self.status(node_id)
+        except ClusterUnavailable:
+            return {}
+        finally:
+            self.timeout = saved
+
+    def call_node(self, node_id: str, op: list, deadline: float) -> dict | None:
+        """Send op to one node, re-sending (same number) until it answers."""
+        self.seq += 1
+        seq = self.seq
+        fields = {"type": "ClientRequest", "client_id": self.client_id, "seq": seq, "op": op}
+        while time.monotonic() < deadline:
+            reply = self.exchange(fields, split_address(node_id),
+                                  min(deadline, time.monotonic() + 0.2),
+                                  lambda r: (r.get("type") == "ClientReply"
+                                             and r.get("seq") == seq
+                                             and r.get("client_id") == self.client_id))
+            if reply is not None:
+                return reply
+        return None
+
+    def snapshot(self, node_id: str) -> int:
+        """Make node_id take a snapshot now (each node compacts its own log);
+        returns the index it covers."""
+        reply = self.call_node(normalize_address(node_id), ["snapshot"],
+                               time.monotonic() + self.timeout)
+        if reply is None:
+            raise ClusterUnavailable(f"{node_id} did not answer within {self.timeout}s")
+        if not reply.get("ok"):
+            raise RaftError(str(reply.get("error")))
+        return reply.get("result")
 
     def status(self, node_id: str) -> dict:
         """One node's own view (no consensus). ClusterUnavailable if silent."""
@@ -2072,6 +3127,56 @@ class ClusterPrompt(cmd.Cmd):
             return
         self.run("del", words)
 
+    # -- cluster changes (docs/cluster-changes.md) ----------------------------------------
+    def do_add(self, arg):
+        """add HOST:PORT: add a server to the cluster (§4.2.1).
+        Start it first, empty, e.g. python raft.py 8003 --join 127.0.0.1:8000
+        (a node started with --join asks for this itself). It catches up as
+        a learner, with no vote, and becomes a voter once it is close to the
+        leader's log. Prints OK once that configuration is committed."""
+        self.change_members("add", arg)
+
+    def do_remove(self, arg):
+        """remove HOST:PORT: remove a server from the cluster (§4.1).
+        Prints OK once the configuration without it is committed. Removing
+        the leader makes it hand leadership to another voter first."""
+        self.change_members("remove", arg)
+
+    def change_members(self, verb: str, arg: str) -> None:
+        words = arg.split()
+        if len(words) != 1:
+            print(f"error: usage: {verb} HOST:PORT (or PORT)")
+            return
+        try:
+            server = normalize_address(words[0])
+        except ValueError as error:
+            print(f"error: {error}")
+            return
+        try:
+            if verb == "add":
+                self.client.add_member(server)
+            else:
+                self.client.remove_member(server)
+            print("OK")
+        except RaftError as error:
+            print(f"error: {error}")
+
+    def do_transfer(self, arg):
+        """transfer [HOST:PORT]: hand leadership to that node (§3.10).
+        With no node, to the most up-to-date other voter. The leader stops
+        taking writes, brings the target's log up to date and tells it to
+        stand for election at once (TimeoutNow): no election timeout lost."""
+        words = arg.split()
+        if len(words) > 1:
+            print("error: usage: transfer [HOST:PORT]")
+            return
+        try:
+            target = normalize_address(words[0]) if words else None
+            self.client.transfer_leadership(target)
+            print(f"OK: {self.client.leader or target} leads")
+        except (ValueError, RaftError) as error:
+            print(f"error: {error}")
+
     def do_quit(self, arg):
         """quit: stop (Ctrl-D and Ctrl-C too)."""
         return True
@@ -2137,12 +3242,20 @@ class NodePrompt(ClusterPrompt):
             self.server.call(lambda node: setattr(self.server, "tracing", value))
             print(f"trace {'on' if value else 'off'}")
 
+    def do_snapshot(self, arg):
+        """snapshot: compact this node's log now (dissertation ch. 5).
+        The state machine and the client sessions go to snapshot.jsonl, and
+        the log keeps only the entries after it. --snapshot-every N does this
+        every N applied entries."""
+        index = self.server.call(lambda node: node.take_snapshot())
+        print(f"snapshot at index {index}" if index else "nothing applied yet to snapshot")
+
     def do_log(self, arg):
         """log [N]: the last N entries of this node's log (default 10)."""
         count = int(arg) if arg.strip().isdigit() else 10
 
         def last_entries(node: RaftNode):
-            first = max(1, node.log.last_index - count + 1)
+            first = max(node.log.snapshot_index + 1, node.log.last_index - count + 1)
             return [(index, node.log.entry(index), index <= node.commit_index)
                     for index in range(first, node.log.last_index + 1)]
         for index, entry, committed in self.server.call(last_entries):
@@ -2161,16 +3274,34 @@ class LocalCluster:
         self.paused: set[int] = set()
         self.processes: dict[int, subprocess.Popen] = {}
         self.addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        self.founders = list(self.ports)             # the first configuration
+        self.joined: dict[int, str] = {}             # port -> the node it joined through
+
+    def join(self, port: int, contact: str) -> None:
+        """Start a new, empty node that asks the cluster to add it (--join)."""
+        self.ports.append(port)
+        self.addresses.append(f"127.0.0.1:{port}")
+        self.joined[port] = contact
+        self.start(port)
+
+    def forget(self, port: int) -> None:
+        """A removed node: stop it and leave it out of the table."""
+        self.stop(port)
+        index = self.ports.index(port)
+        del self.ports[index], self.addresses[index]
 
     def data_dir(self, port: int) -> str:
         return os.path.join(self.data_root, str(port))
 
     def start(self, port: int) -> None:
-        peers = ",".join(str(p) for p in self.ports if p != port)
+        if port in self.joined:
+            where = ["--join", self.joined[port]]
+        else:
+            where = ["--peers", ",".join(str(p) for p in self.founders if p != port)]
         os.makedirs(self.data_dir(port), exist_ok=True)
         with open(os.path.join(self.data_dir(port), "stderr.txt"), "ab") as stderr:
             self.processes[port] = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), str(port), "--peers", peers,
+                [sys.executable, os.path.abspath(__file__), str(port), *where,
                  "--no-repl", "--machine", self.machine, "--data-dir", self.data_dir(port),
                  "--parent-pid", str(os.getpid()), "--lab", *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -2531,6 +3662,64 @@ class DemoPrompt(ClusterPrompt):
             self.apply_lab()
             print(f"{name} {'on' if value else 'off'}")
 
+    # -- cluster changes --------------------------------------------------------------------
+    def do_add(self, arg):
+        """add [PORT]: start a new, empty node (on PORT, or a free port) with
+        --join; it asks to be added, catches up as a learner, then votes (§4.2.1)."""
+        words = arg.split()
+        if len(words) > 1 or (words and not words[0].isdigit()):
+            print("error: usage: add [PORT]")
+            return
+        port = int(words[0]) if words else free_udp_ports(1)[0]
+        if port in self.cluster.ports:
+            print(f"error: {port} is already in the demo")
+            return
+        contact = next((a for p, a in zip(self.cluster.ports, self.cluster.addresses)
+                        if self.cluster.is_running(p)), self.cluster.addresses[0])
+        self.cluster.join(port, contact)
+        self.client.peers.append(f"127.0.0.1:{port}")
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + self.client.timeout * 2
+        while time.monotonic() < deadline:
+            status = self.cluster.statuses().get(port)
+            if status and address in status["members"]:
+                print(f"OK: {port} is a voter ({len(status['members'])} voters)")
+                return
+            time.sleep(0.1)
+        print(f"error: {port} is not a voter yet; see status")
+
+    def do_remove(self, arg):
+        """remove PORT: remove that node from the cluster (§4.1), then stop it.
+        Removing the leader makes it hand leadership to another voter first."""
+        port = self.port_argument(arg)
+        if port is None:
+            return
+        try:
+            self.client.remove_member(f"127.0.0.1:{port}")
+        except RaftError as error:
+            print(f"error: {error}")
+            return
+        self.cluster.forget(port)
+        if f"127.0.0.1:{port}" in self.client.peers and len(self.client.peers) > 1:
+            self.client.peers.remove(f"127.0.0.1:{port}")
+        print(f"OK: {port} removed and stopped")
+
+    def do_snapshot(self, arg):
+        """snapshot [PORT]: make that node (default: every running node) compact
+        its log now (dissertation ch. 5); prints the index each snapshot covers."""
+        if arg.strip():
+            port = self.port_argument(arg)
+            if port is None:
+                return
+            ports = [port]
+        else:
+            ports = [p for p in self.cluster.ports if self.cluster.is_running(p)]
+        for port in ports:
+            try:
+                print(f"{port}: snapshot at index {self.client.snapshot(f'127.0.0.1:{port}')}")
+            except RaftError as error:
+                print(f"{port}: error: {error}")
+
     def do_ask(self, arg):
         """ask PORT CMD...: send a command to that node only.
         No redirect and no retry elsewhere, e.g. ask 8000 set x 1: see what
@@ -2662,6 +3851,12 @@ def node_parser() -> Parser:
     parser.add_argument("--no-repl", action="store_true", help="no prompt; stop on SIGINT/SIGTERM")
     parser.add_argument("--explain", action="store_true",
                         help="print each decision with the Figure 2 rule that made it")
+    parser.add_argument("--join", metavar="HOST:PORT",
+                        help="start empty and ask the cluster that node belongs to to add "
+                             "this one (it catches up as a learner, then votes)")
+    parser.add_argument("--snapshot-every", type=int, default=0, metavar="N",
+                        help="compact the log once N entries are applied since the last "
+                             "snapshot (default: only on the prompt's snapshot)")
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lab", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -2684,6 +3879,17 @@ def resolve_node(args) -> tuple[str, list[str]]:
         raise UsageError(f"port {port} is out of range")
     host = "127.0.0.1" if args.host in ("localhost", "0.0.0.0", "") else args.host
     node_id = f"{host}:{port}"
+    if args.join is not None:
+        if args.peers is not None:
+            raise UsageError("--join and --peers do not go together: a joining node "
+                             "learns the members from the cluster")
+        try:
+            join = normalize_address(args.join, host)
+        except ValueError:
+            raise UsageError(f"--join {args.join}: want HOST:PORT of a cluster node") from None
+        if join == node_id:
+            raise UsageError("--join names this node itself: name a node of the cluster")
+        return node_id, []
     if args.peers is None:
         defaults = [f"127.0.0.1:{p}" for p in DEFAULT_PORTS]
         if node_id not in defaults:
@@ -2753,6 +3959,8 @@ def main_node(argv: list[str]) -> int:
                          f"below the election timeout's minimum")
     if not 2048 <= args.max_datagram <= 65000:
         raise UsageError("--max-datagram must be between 2048 and 65000")
+    if args.snapshot_every < 0:
+        raise UsageError("--snapshot-every must be 0 (off) or a positive number of entries")
     bind_host = args.host if args.host != "127.0.0.1" else split_address(node_id)[0]
     if key is None and not is_loopback(bind_host):
         print(f"warning: {bind_host}:{split_address(node_id)[1]} takes datagrams from the "
@@ -2766,7 +3974,7 @@ def main_node(argv: list[str]) -> int:
     server = NodeServer(node_id, members, data_dir, args.machine,
                         None if args.host == "127.0.0.1" else args.host,
                         election_timeout, args.heartbeat, args.max_datagram, logger, key,
-                        lab=args.lab)
+                        lab=args.lab, snapshot_every=args.snapshot_every)
     server.node.explaining = args.explain
     server.event_sink = lambda text: print(f"  {short_id(node_id)} {text}",
                                            file=sys.stderr, flush=True)
@@ -2774,15 +3982,23 @@ def main_node(argv: list[str]) -> int:
         server.start()
         if args.parent_pid:
             watch_parent(args.parent_pid)
+        contacts = [node_id, *[m for m in members if m != node_id]]
+        if args.join:
+            join = normalize_address(args.join)
+            contacts.append(join)
+            threading.Thread(target=join_cluster, args=(server, join, key),
+                             daemon=True).start()
         if args.no_repl:
             while not server.stopping.wait(1.0):
                 pass
         else:
             sys.stdout, sys.stderr = LineWriter(sys.stdout), LineWriter(sys.stderr)
             server.on_change = lambda text: print(f"* {text}", file=sys.stderr, flush=True)
-            client = RaftClient([node_id, *[m for m in members if m != node_id]], key=key)
-            print(f"Raft node {node_id} in a cluster of {len(members)}; "
-                  f"data in {data_dir}/. Type help, or Ctrl-D to stop.")
+            client = RaftClient(contacts, key=key)
+            cluster = (f"joining the cluster of {args.join}" if args.join else
+                       f"in a cluster of {len(server.node.members)}")
+            print(f"Raft node {node_id} {cluster}; data in {data_dir}/. "
+                  f"Type help, or Ctrl-D to stop.")
             NodePrompt(server, client).cmdloop()
             client.close()
     except KeyboardInterrupt:
@@ -2790,8 +4006,32 @@ def main_node(argv: list[str]) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # A planned stop of the leader hands leadership over first (§3.10),
+        # so clients wait for one TimeoutNow election, not a whole timeout.
+        successor = server.hand_over_leadership()
+        if successor:
+            print(f"* handed leadership to {successor}", file=sys.stderr, flush=True)
         server.stop()
     return 0
+
+
+def join_cluster(server: NodeServer, contact: str, key: bytes | None) -> None:
+    """--join: ask the cluster (through contact, who redirects to the leader)
+    to add this node, until it has or the node stops. Adding is idempotent:
+    a node that restarts with --join and is already a voter is told OK."""
+    with RaftClient([contact], timeout=10.0, key=key) as client:
+        while not server.stopping.is_set():
+            try:
+                client.add_member(server.id)
+                server.logger.info("joined the cluster: now a voter")
+                print(f"* {server.id} joined the cluster: now a voter", file=sys.stderr,
+                      flush=True)
+                return
+            except ClusterUnavailable:
+                continue
+            except RaftError as error:
+                server.logger.error("cannot join through %s: %s", contact, error)
+                return
 
 
 def main_client(argv: list[str]) -> int:
