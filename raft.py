@@ -1091,6 +1091,16 @@ class RaftNode:
     def is_voter(self) -> bool:
         return self.id in self.members
 
+    def may_stand_for_election(self) -> bool:
+        """A voter of its latest configuration, or of any configuration from
+        the last committed one on. §4.2.2: a server the latest configuration
+        leaves out may still be needed until that configuration commits (the
+        leader that was removing it may be gone); it just does not count its
+        own vote (has_quorum counts only the latest voters)."""
+        committed = [i for i, _ in self.configs if i <= self.commit_index][-1:] or [0]
+        return any(self.id in config.voters for i, config in self.configs
+                   if i >= committed[0])
+
     def set_term_and_vote(self, term: int, voted_for: str | None) -> None:
         """Change persistent state; it is synced before the next send."""
         self.current_term, self.voted_for = term, voted_for
@@ -1134,7 +1144,7 @@ class RaftNode:
         # Both first ask for pre-votes (§9.6) when config.pre_vote is on; a
         # server that is not a voter in its configuration never stands (§4.2).
         if self.election_elapsed >= self.election_timeout:
-            if not self.is_voter():
+            if not self.may_stand_for_election():
                 self.election_elapsed = 0
             elif self.config.pre_vote:
                 self.start_pre_vote()

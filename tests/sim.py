@@ -93,6 +93,11 @@ class SimStorage(raft.MemoryStorage):
         super().write_entries(first_index, entries)
         self.changed_from = min(self.changed_from, first_index)
 
+    def save_snapshot(self, text, index, term, entries_after):
+        super().save_snapshot(text, index, term, entries_after)
+        if self.changed_from <= index:       # the checker never needs to look
+            self.changed_from = index + 1    # at compacted entries again
+
     def crash(self, rng=None):
         """Lose the unsynced writes. With rng, a power cut during the sync:
         each file keeps a random prefix of its unsynced writes, the last one
@@ -116,7 +121,7 @@ class PowerCut(Exception):
 
 class SimCluster:
     def __init__(self, size=3, seed=0, faults=None, config=None, machine=kv.KeyValueStore,
-                 rerun=None, tick_rates=None):
+                 rerun=None, tick_rates=None, founders=None):
         self.seed = seed
         self.rerun = rerun               # how to rerun this case, shown on failure
         self.rng = random.Random(seed)
@@ -124,6 +129,9 @@ class SimCluster:
         self.config = config or raft.Config()
         self.machine_factory = machine
         self.ids = [f"n{i + 1}" for i in range(size)]
+        # The first configuration: founders (default all). The other nodes
+        # start empty, like `raft.py --join`, until a leader adds them.
+        self.founders = list(self.ids[:founders] if founders else self.ids)
         self.storage = {i: SimStorage() for i in self.ids}
         self.nodes = {}
         self.down = set()
@@ -143,7 +151,6 @@ class SimCluster:
         self.answers = {}
         self.observers = []              # callables (destination, message) per delivery
         self.delivered = collections.Counter()   # (destination, message type) -> count
-        self.applied = {i: {} for i in self.ids}     # node -> {index: entry}
         self.leaders_by_term = {}
         self.commits = {}                # index -> the entry committed there
         self.commit_terms = {}           # index -> a term no earlier than its commit
@@ -158,11 +165,12 @@ class SimCluster:
 
     # -- running nodes ----------------------------------------------------------
     def start(self, node_id):
-        node = raft.RaftNode(node_id, self.ids, self.storage[node_id],
+        members = self.founders if node_id in self.founders else []
+        node = raft.RaftNode(node_id, members, self.storage[node_id],
                              self.machine_factory(), random.Random(self.rng.random()),
                              self.config)
+        node.on_apply = lambda index, entry: self.note_applied(node_id, index, entry)
         self.nodes[node_id] = node
-        self.applied[node_id] = {}
         self.commit_seen[node_id] = 0
         self.leader_view.pop(node_id, None)
         self.storage[node_id].changed_from = 1      # check the reloaded log too
@@ -344,6 +352,21 @@ class SimCluster:
         self.nodes[node_id].read(request_id, op)
         self.cycle(node_id)
 
+    def change_membership(self, node_id, request_id, action, server):
+        self.log_event(f"{node_id} <- {action} {server}")
+        self.nodes[node_id].change_membership(request_id, action, server)
+        self.cycle(node_id)
+
+    def transfer_leadership(self, node_id, request_id, target=None):
+        self.log_event(f"{node_id} <- transfer to {target}")
+        self.nodes[node_id].transfer_leadership(request_id, target)
+        self.cycle(node_id)
+
+    def take_snapshot(self, node_id):
+        self.log_event(f"{node_id} <- snapshot")
+        self.nodes[node_id].take_snapshot()
+        self.cycle(node_id)
+
     # -- checking ----------------------------------------------------------------
     def log_event(self, text, *args):
         """Recent events, formatted only if a failure needs them."""
@@ -365,18 +388,18 @@ class SimCluster:
             f"last events:\n  {timeline}")
 
     def record_applied(self, node):
+        """Applies are recorded as they happen (note_applied); a node that
+        installs a snapshot jumps past entries it never applies one by one."""
+
+    def note_applied(self, node_id, index, entry):
         # State Machine Safety: one entry per index across all nodes' applies.
-        applied = self.applied[node.id]
-        for index in range(len(applied) + 1, node.last_applied + 1):
-            entry = node.log.entry(index)
-            applied[index] = entry
-            first = self.applied_entries.setdefault(index, entry)
-            if entry.command is not None:
-                self.first_applied.setdefault(
-                    (entry.command["client"], entry.command["seq"]), self.now)
-            if first != entry:
-                self.fail("State Machine Safety",
-                          f"index {index}: {first} vs {entry} applied on {node.id}")
+        first = self.applied_entries.setdefault(index, entry)
+        if entry.command is not None and "client" in entry.command:
+            self.first_applied.setdefault(
+                (entry.command["client"], entry.command["seq"]), self.now)
+        if first != entry:
+            self.fail("State Machine Safety",
+                      f"index {index}: {first} vs {entry} applied on {node_id}")
 
     def check_safety(self):
         for node in self.nodes.values():
@@ -416,6 +439,8 @@ class SimCluster:
         self.leader_view[node.id] = (term, node.log.last_index)
 
     def check_has_committed(self, leader, index):
+        if index <= leader.log.snapshot_index:
+            return          # compacted: its snapshot holds what it applied there
         has = leader.log.entry(index) if leader.log.term_at(index) is not None else None
         if has != self.commits[index]:
             self.fail("Leader Completeness",
@@ -443,7 +468,8 @@ class SimCluster:
         if storage.changed_from > log.last_index:
             storage.changed_from = math.inf
             return
-        for index in range(storage.changed_from, log.last_index + 1):
+        for index in range(max(storage.changed_from, log.snapshot_index + 1),
+                           log.last_index + 1):
             entry = log.entry(index)
             seen = (entry.command, log.term_at(index - 1))
             known = self.entry_ids.setdefault((index, entry.term), seen)
@@ -461,7 +487,7 @@ class SimCluster:
         if node.commit_index == seen:
             return
         leaders = [n for n in self.nodes.values() if n.role is raft.Role.LEADER]
-        for index in range(seen + 1, node.commit_index + 1):
+        for index in range(max(seen, node.log.snapshot_index) + 1, node.commit_index + 1):
             entry = node.log.entry(index)
             first = self.commits.setdefault(index, entry)
             if first != entry:
