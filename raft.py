@@ -131,6 +131,8 @@ MAX_INBOX_ITEMS = 10000            # datagrams queued for the owner; more are dr
 TAG_BYTES = 32                     # HMAC-SHA256 tag in front of every datagram, with a key
 MAX_RECEIVE_BYTES = 65000 + TAG_BYTES   # the largest datagram any node or client sends
 MAX_ID_CHARS = 256                 # node and client ids on the wire
+MAX_SNAPSHOT_BYTES = 1 << 28       # a snapshot received in chunks (256 MiB): beyond
+                                   # it the sender is broken or hostile
 MAX_WIRE_INTEGER = 2 ** 63 - 1     # indexes, sequence numbers: a sender must not
                                    # plant a number too big to write back
 MAX_TERM = 2 ** 62                 # terms on the wire: a node that adopted the
@@ -384,6 +386,8 @@ def decode_message(fields: dict):
     message = cls(**values)
     if cls is AppendEntries:
         check_entry_terms(message)
+    if cls is InstallSnapshot and message.last_included_term > message.term:
+        raise ProtocolError("a snapshot of a term later than its leader's")
     return message
 
 
@@ -730,10 +734,16 @@ class JsonLinesStorage:
         if base > snapshot_index:
             raise StorageError(self.log_path, 1, f"the log starts at index {base + 1}, "
                                f"but the snapshot ends at {snapshot_index}: entries are missing")
+        kept = self._entries_after(snapshot_index, snapshot_term, base, entries)
+        if base != snapshot_index and (entries or os.path.exists(self.log_path)):
+            # A crash came between the snapshot and the log rewrite: finish
+            # the rewrite now, so the file starts right after the snapshot
+            # and new entries appended to it follow on without a gap.
+            self._replace_file(self.log_path, encode_log_lines(snapshot_index + 1, kept))
         self.state_file = open(self.state_path, "a", encoding="utf-8")
         self.log_file = open(self.log_path, "a", encoding="utf-8")
         self._fsync_directory()
-        return term, voted_for, self._entries_after(snapshot_index, snapshot_term, base, entries)
+        return term, voted_for, kept
 
     def _load_snapshot(self) -> tuple[int, int]:
         if not os.path.exists(self.snapshot_path):
@@ -1141,8 +1151,9 @@ class RaftNode:
         # a whole election timeout starts an election.
         # [CAN-4] a candidate whose election timed out (a split vote) starts
         # a new one, in a higher term, with a fresh random timeout.
-        # Both first ask for pre-votes (§9.6) when config.pre_vote is on; a
-        # server that is not a voter in its configuration never stands (§4.2).
+        # Both first ask for pre-votes (§9.6) when config.pre_vote is on. A
+        # learner, a new empty node, or a server whose removal is committed
+        # never stands (see may_stand_for_election).
         if self.election_elapsed >= self.election_timeout:
             if not self.may_stand_for_election():
                 self.election_elapsed = 0
@@ -1165,6 +1176,7 @@ class RaftNode:
         # server that cannot know better (removed, or cut off and back): it
         # must not depose a leader that is working. Ignore it, term and all.
         if (isinstance(message, RequestVote) and not message.transfer
+                and (message.pre_vote or self.config.check_quorum)
                 and self.hears_a_leader()):
             self.refuse_during_lease(message)
             return
@@ -1196,9 +1208,8 @@ class RaftNode:
 
     def hears_a_leader(self) -> bool:
         """Within the minimum election timeout of hearing a leader (or being
-        one): no election is needed, so none is allowed to disrupt (§4.2.3)."""
-        if not self.config.check_quorum:
-            return False
+        one): no election is needed, so none is allowed to disrupt (§4.2.3).
+        Pre-votes are refused then (§9.6); real votes too, with check-quorum."""
         if self.role is Role.LEADER:
             return True
         return (self.leader_id is not None
@@ -1701,6 +1712,8 @@ class RaftNode:
         self.storage.save_snapshot(text, index, term, self.log.entries)
         self.snapshot_text = text
         self.forget_configurations_before(index)
+        for peer in self.snapshot_offset:    # followers being sent the old one
+            self.snapshot_offset[peer] = 0    # get this one, from its start
         self.explain("§5.1", f"takes a snapshot at index {index} (term {term}, "
                              f"{len(text)} bytes) and drops {dropped} log entries")
         return index
@@ -1734,6 +1747,10 @@ class RaftNode:
         if self.incoming is None or self.incoming[0] != key:
             self.incoming = (key, [], 0)
         _, chunks, length = self.incoming
+        if length + len(request.data) > MAX_SNAPSHOT_BYTES:
+            self.counters["bad field"] += 1      # no real snapshot is this big
+            self.incoming = None
+            return
         if request.offset != length:
             # Lost, duplicated or reordered: say how much we hold.
             self.reply_install_snapshot(request, length, False)
@@ -1760,10 +1777,10 @@ class RaftNode:
                               self.describe(), request.leader_id, error.line, error)
             self.reply_install_snapshot(request, 0, False)
             return
-        self.install_snapshot(snapshot, text)
-        self.reply_install_snapshot(request, length, True)
+        installed = self.install_snapshot(snapshot, text)
+        self.reply_install_snapshot(request, length if installed else 0, installed)
 
-    def install_snapshot(self, snapshot: Snapshot, text: str) -> None:
+    def install_snapshot(self, snapshot: Snapshot, text: str) -> bool:
         """Replace our state with the leader's snapshot, all at once and only
         once it is whole (Figure 13, steps 5-8): keep the log entries after it
         if our log agrees with it at its last index, else drop the whole log."""
@@ -1772,8 +1789,9 @@ class RaftNode:
             self.machine.restore(snapshot.state)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             self.machine.restore(previous)
+            self.counters["bad field"] += 1
             self.logger.error("%s cannot restore a snapshot: %r", self.describe(), error)
-            return
+            return False
         self.log.compact(snapshot.index, snapshot.term)
         self.sessions = collections.OrderedDict(
             (client, (seq, answer)) for client, seq, answer in snapshot.sessions)
@@ -1788,6 +1806,7 @@ class RaftNode:
         self.explain("§5.3", f"installs the leader's snapshot up to index {snapshot.index} "
                              f"(term {snapshot.term}); keeps {len(self.log.entries)} later "
                              f"log entries")
+        return True
 
     def reply_install_snapshot(self, request: InstallSnapshot, next_offset: int,
                                done: bool) -> None:
@@ -2361,10 +2380,21 @@ class Lab:
 def describe_message(message) -> str:
     """A peer message in a line a person can read (trace mode)."""
     if isinstance(message, RequestVote):
-        return (f"RequestVote(term {message.term}, last log term {message.last_log_term} "
-                f"index {message.last_log_index})")
+        kind = "pre-vote, " if message.pre_vote else "transfer, " if message.transfer else ""
+        return (f"RequestVote({kind}term {message.term}, last log term "
+                f"{message.last_log_term} index {message.last_log_index})")
     if isinstance(message, RequestVoteReply):
-        return f"RequestVoteReply(term {message.term}, granted={message.vote_granted})"
+        kind = "pre-vote, " if message.pre_vote else ""
+        return f"RequestVoteReply({kind}term {message.term}, granted={message.vote_granted})"
+    if isinstance(message, InstallSnapshot):
+        return (f"InstallSnapshot(term {message.term}, up to {message.last_included_index}/"
+                f"{message.last_included_term}, bytes {message.offset}.."
+                f"{message.offset + len(message.data)}{', done' if message.done else ''})")
+    if isinstance(message, InstallSnapshotReply):
+        return (f"InstallSnapshotReply(term {message.term}, "
+                + ("installed" if message.done else f"has {message.next_offset} bytes") + ")")
+    if isinstance(message, TimeoutNow):
+        return f"TimeoutNow(term {message.term})"
     if isinstance(message, AppendEntries):
         what = f"{len(message.entries)} entries" if message.entries else "heartbeat"
         return (f"AppendEntries(term {message.term}, prev {message.prev_log_index}/"
@@ -4228,8 +4258,9 @@ def bench_workload(addresses: list[str], clients: int, seconds: float,
     return latencies
 
 
-def bench_failover(cluster: LocalCluster, kills: int) -> list[float]:
-    """SIGKILL the leader; time until a write succeeds; restart it; repeat."""
+def bench_failover(cluster: LocalCluster, kills: int, planned: bool = False) -> list[float]:
+    """SIGKILL the leader (planned: SIGTERM, so it hands leadership over
+    first); time until a write succeeds; restart it; repeat."""
     times = []
     with RaftClient(cluster.addresses, timeout=10.0, key=cluster.key) as client:
         for number in range(kills):
@@ -4238,10 +4269,15 @@ def bench_failover(cluster: LocalCluster, kills: int) -> list[float]:
             if leader is None:
                 break
             port = int(leader.rpartition(":")[2])
-            cluster.kill(port)
             started = time.perf_counter()
+            if planned:
+                cluster.processes[port].terminate()
+            else:
+                cluster.kill(port)
             client.set("failover", f"after-{number}")
             times.append(time.perf_counter() - started)
+            if planned:
+                cluster.stop(port)
             cluster.start(port)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:   # let it catch up before the next kill
@@ -4270,6 +4306,11 @@ def main_bench(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--read-ratio", type=float, default=0.5)
     parser.add_argument("--kills", type=int, default=5, help="leader kills (local cluster only)")
+    parser.add_argument("--restarts", type=int, default=5,
+                        help="planned leader restarts: SIGTERM hands leadership over first "
+                             "(local cluster only)")
+    parser.add_argument("--snapshot-every", type=int, default=0, metavar="N",
+                        help="local cluster nodes compact their logs every N entries")
     parser.add_argument("--machine", choices=("kv", "counter"), default="kv")
     args = parser.parse_args(argv)
     key = read_key_file(args.key_file)
@@ -4282,7 +4323,8 @@ def main_bench(argv: list[str]) -> int:
             addresses = cluster_addresses(args)
         else:
             cluster = LocalCluster(free_udp_ports(3), data_root, args.machine,
-                                   key_file=args.key_file)
+                                   key_file=args.key_file,
+                                   extra_args=["--snapshot-every", str(args.snapshot_every)])
             for port in cluster.ports:
                 cluster.start(port)
             if cluster.wait_for_leader() is None:
@@ -4296,6 +4338,12 @@ def main_bench(argv: list[str]) -> int:
         if times:
             print(f"  failover: SIGKILL leader -> next write answered: median "
                   f"{percentile(times, 0.5) * 1000:.0f} ms over {len(times)} kills "
+                  f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
+        times = (bench_failover(cluster, args.restarts, planned=True)
+                 if cluster and args.restarts > 0 else [])
+        if times:
+            print(f"  planned restart: SIGTERM leader (hands over) -> next write answered: "
+                  f"median {percentile(times, 0.5) * 1000:.0f} ms over {len(times)} restarts "
                   f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
     finally:
         if cluster:

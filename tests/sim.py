@@ -75,7 +75,7 @@ class Faults:
         return self.drop_reply if is_reply and self.drop_reply is not None else self.drop
 
 
-REPLIES = (raft.RequestVoteReply, raft.AppendEntriesReply)
+REPLIES = (raft.RequestVoteReply, raft.AppendEntriesReply, raft.InstallSnapshotReply)
 MIT_UNRELIABLE = Faults(drop=0.1, delay=(1, 3))
 MIT_LONG_REORDERING = Faults(drop=0.1, delay=(1, 3), long_delay=2 / 3)
 
