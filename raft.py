@@ -257,6 +257,7 @@ class AppendEntriesReply:
     conflict_index: int = 0    # OPT §5.3-HINT: where the leader should retry
     conflict_term: int = 0     # OPT §5.3-HINT: term of our entry at prev_log_index
     read_round: int = 0        # OPT §6.4: the read_round we are answering
+    prev_log_index: int = 0    # OPT: the request's, so a refusal can be dated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1619,7 +1620,7 @@ class RaftNode:
                 conflict_index = self.log.first_index_of_term(request.prev_log_index)
         self.send(request.leader_id, AppendEntriesReply(
             self.current_term, success, self.id, match_index,
-            conflict_index, conflict_term, request.read_round))
+            conflict_index, conflict_term, request.read_round, request.prev_log_index))
 
     def handle_append_entries_reply(self, reply: AppendEntriesReply) -> None:
         peer = reply.follower_id
@@ -1646,8 +1647,19 @@ class RaftNode:
             if reply.conflict_term:
                 ours = self.log.last_index_of_term(reply.conflict_term)
                 retry_at = ours + 1 if ours else reply.conflict_index
-            self.next_index[peer] = max(self.match_index[peer] + 1,
-                                        min(retry_at, self.log.last_index + 1))
+            # Never back over entries the follower is known to hold: a
+            # refusal overtaken by a later success is stale. Except one: a
+            # refusal of exactly the entry it acknowledged last, as the
+            # heartbeat after an acknowledgement asks (see [LEAD-1]). Then it
+            # has lost its data (a wiped data dir) and gets it all again.
+            # (A reordered refusal can look the same: it costs one resend.)
+            lost = reply.prev_log_index == self.match_index[peer] > 0
+            if lost:
+                self.logger.info("%s refuses entry %d, which it acknowledged: sending "
+                                 "from %d again (has it lost its data?)", peer,
+                                 reply.prev_log_index, reply.conflict_index)
+            floor = 1 if lost else self.match_index[peer] + 1
+            self.next_index[peer] = max(floor, min(retry_at, self.log.last_index + 1))
             if self.explaining and self.next_index[peer] != before[1]:
                 self.explain("LEAD-3b", f"{peer} has no match before index {before[1]}: "
                                         f"retries from {self.next_index[peer]}"
@@ -1969,9 +1981,17 @@ class RaftNode:
         if (self.role is not Role.LEADER or self.is_voter()
                 or self.configs[-1][0] > self.commit_index):
             return
+        if self.transfer is not None:
+            return                 # handing over: check_transfer steps down after
         target = self.most_up_to_date_voter()
+        if target is not None and self.match_index[target] != self.log.last_index:
+            # Bring it up to date first, taking no more writes (§3.10).
+            self.explain("§4.2.2", f"the configuration without it is committed: hands "
+                                   f"leadership to {target} once it has every entry")
+            self.transfer = Transfer(target, self.ticks, [])
+            return
         text = "the configuration without it is committed: steps down"
-        if target is not None and self.match_index[target] == self.log.last_index:
+        if target is not None:
             self.send(target, TimeoutNow(self.current_term, self.id))
             text += f" and hands leadership to {target} (TimeoutNow)"
         self.explain("§4.2.2", text)
@@ -2024,6 +2044,7 @@ class RaftNode:
                 self.answer(request_id, {"ok": False, "error": (
                     f"{transfer.target} did not catch up within an election timeout")})
             self.transfer = None
+            self.step_down_if_removed()
             return
         if not transfer.sent and self.match_index.get(transfer.target) == self.log.last_index:
             self.send(transfer.target, TimeoutNow(self.current_term, self.id))
@@ -2033,6 +2054,9 @@ class RaftNode:
             for request_id in transfer.request_ids:
                 self.answer(request_id, {"ok": True, "result": transfer.target})
             transfer.request_ids = []
+            if not self.is_voter() and self.configs[-1][0] <= self.commit_index:
+                self.explain("§4.2.2", "no longer a voter: steps down")
+                self.become_follower(self.current_term, None)
 
     # -- [6.9] client commands and sessions (§6.3) ----------------------------
     def propose(self, request_id, client_id: str, seq: int, op: list) -> None:
@@ -2490,8 +2514,8 @@ class NodeServer:
             self.call(lambda node: node.transfer_leadership(("local", "transfer"), None))
             while time.monotonic() < deadline:
                 role, leader = self.call(lambda node: (node.role, node.leader_id))
-                if role is not Role.LEADER:
-                    return leader
+                if role is not Role.LEADER and leader is not None:
+                    return leader              # the new leader's first heartbeat came
                 time.sleep(0.01)
         except TimeoutError:
             pass

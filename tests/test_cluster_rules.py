@@ -516,7 +516,7 @@ def test_append_entries_from_below_the_snapshot_index_is_accepted():
     before = full_state(node)
     entries = (E(1, 2), E(1, 3), E(2, 4), E(2, 5))
     sent, answers = step(node, AppendEntries(2, "n2", 1, 1, entries, 3))
-    assert (sent, answers) == ([("n2", AppendEntriesReply(2, True, "n1", match_index=5))], [])
+    assert (sent, answers) == ([("n2", AppendEntriesReply(2, True, "n1", match_index=5, prev_log_index=1))], [])
     assert full_state(node) == {**before, "leader_id": "n2", "log": [E(2, 4), E(2, 5)],
                                 "durable": (2, None, [E(2, 4), E(2, 5)])}
 
@@ -570,7 +570,7 @@ def test_json_storage_entries_written_after_a_crash_recovery_survive_the_next_re
     write_data_dir(tmp_path, snapshot=snapshot_text(5, 2), log=log_of([1, 1]))
     node = restart_on_disk(tmp_path)
     node.step(AppendEntries(3, "n2", 5, 2, (Entry(3, None), Entry(3, None)), 0))
-    assert jcycle(node)[0] == [("n2", AppendEntriesReply(3, True, "n1", match_index=7))]
+    assert jcycle(node)[0] == [("n2", AppendEntriesReply(3, True, "n1", match_index=7, prev_log_index=5))]
     node.storage.close()
     (_, _, entries), _ = load_dir(tmp_path)
     assert entries == [Entry(3, None), Entry(3, None)]
@@ -586,7 +586,7 @@ def test_json_storage_entries_written_after_dropping_a_disagreeing_log_survive(t
     node = restart_on_disk(tmp_path)
     assert node.log.entries == []
     node.step(AppendEntries(3, "n2", 3, 1, (Entry(3, None), Entry(3, None)), 0))
-    assert jcycle(node)[0] == [("n2", AppendEntriesReply(3, True, "n1", match_index=5))]
+    assert jcycle(node)[0] == [("n2", AppendEntriesReply(3, True, "n1", match_index=5, prev_log_index=3))]
     node.storage.close()
     (_, _, entries), _ = load_dir(tmp_path)
     assert entries == [Entry(3, None), Entry(3, None)]
@@ -666,7 +666,7 @@ def test_4_1_a_follower_uses_a_configuration_as_soon_as_it_stores_it():
     before it is committed: its next election asks n4 too."""
     node = make_node(term=1, log=[1])
     sent, _ = step(node, AppendEntries(1, "n2", 1, 1, (config_entry(1, FOUR),), 0))
-    assert sent == [("n2", AppendEntriesReply(1, True, "n1", match_index=2))]
+    assert sent == [("n2", AppendEntriesReply(1, True, "n1", match_index=2, prev_log_index=1))]
     assert (configuration(node), node.commit_index) == ((FOUR, [], ["n2", "n3", "n4"]), 0)
     sent, _ = tick(node, node.election_timeout)
     assert [peer for peer, _ in sent] == ["n2", "n3", "n4"]
@@ -678,7 +678,7 @@ def test_4_1_truncating_an_uncommitted_configuration_entry_reverts_the_configura
     node = make_node(term=1, log=[E(1, 1), config_entry(1, MEMBERS, ["n4"])])
     assert configuration(node) == (MEMBERS, ["n4"], ["n2", "n3", "n4"])
     sent, _ = step(node, AppendEntries(2, "n2", 1, 1, (Entry(2, None),), 0))
-    assert sent == [("n2", AppendEntriesReply(2, True, "n1", match_index=2))]
+    assert sent == [("n2", AppendEntriesReply(2, True, "n1", match_index=2, prev_log_index=1))]
     assert configuration(node) == (MEMBERS, [], ["n2", "n3"])
 
 

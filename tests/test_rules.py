@@ -19,6 +19,7 @@ docstrings name it in brackets, so tests/test_figure2_tags.py can check that
 every tag in raft.py's legend is tested.
 """
 
+import dataclasses
 import random
 
 import pytest
@@ -31,7 +32,8 @@ from raft import (AppendEntries, AppendEntriesReply, Entry, RequestVote,
 SEED = 7
 MEMBERS = ["n1", "n2", "n3"]
 FIVE = ["n1", "n2", "n3", "n4", "n5"]
-CONFIG = raft.Config(election_timeout_ticks=(10, 20), heartbeat_ticks=3)
+CONFIG = raft.Config(election_timeout_ticks=(10, 20), heartbeat_ticks=3,
+                     pre_vote=False, check_quorum=False)   # Figure 2 alone
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def test_persist_follower_entries_are_synced_before_the_success_reply():
         sent.append((destination, message))
 
     raft.persist_send_apply(node, send, lambda *answer: None)
-    assert sent == [("n2", AppendEntriesReply(2, True, "n1", match_index=3))]
+    assert sent == [("n2", AppendEntriesReply(2, True, "n1", match_index=3, prev_log_index=1))]
     assert restart(node).log.entries == [E(1, 1), *new_entries]
 
 
@@ -290,7 +292,7 @@ def test_all1_applies_committed_entries_in_log_order_and_no_further():
     applied = spy_on_applied_indices(node)
     before = state(node)
     sent, answers = step(node, heartbeat(2, "n2", 3, 2, leader_commit=2))
-    assert sent == [("n2", AppendEntriesReply(2, True, "n1", match_index=3))]
+    assert sent == [("n2", AppendEntriesReply(2, True, "n1", match_index=3, prev_log_index=3))]
     assert answers == []
     assert applied == [(1, E(1, 1)), (2, E(1, 2))]
     assert machine.applied == [E(1, 1).command["op"], E(1, 2).command["op"]]
@@ -433,7 +435,7 @@ def test_fol1_refused_append_entries_is_answered_not_silent():
     node = make_node(term=2, log=[1])
     before = state(node)
     sent, answers = step(node, AppendEntries(2, "n2", 3, 2, (E(2, 4),), 0))
-    assert sent == [("n2", AppendEntriesReply(2, False, "n1", conflict_index=2))]
+    assert sent == [("n2", AppendEntriesReply(2, False, "n1", conflict_index=2, prev_log_index=3))]
     assert answers == []
     assert state(node) == {**before, "leader_id": "n2"}
 
@@ -444,7 +446,7 @@ def test_fol1_heartbeat_is_answered_and_records_the_leader():
     node = make_node(term=2, log=[1])
     before = state(node)
     sent, answers = step(node, heartbeat(2, "n3", 1, 1, read_round=4))
-    assert sent == [("n3", AppendEntriesReply(2, True, "n1", match_index=1, read_round=4))]
+    assert sent == [("n3", AppendEntriesReply(2, True, "n1", match_index=1, read_round=4, prev_log_index=1))]
     assert answers == []
     assert state(node) == {**before, "leader_id": "n3"}
 
@@ -608,7 +610,7 @@ def test_can3_append_entries_of_the_same_term_makes_a_candidate_follow():
     node = make_candidate(term=3, log=[1])
     before = state(node)
     sent, answers = step(node, AppendEntries(3, "n3", 1, 1, (Entry(3, None),), 1))
-    assert sent == [("n3", AppendEntriesReply(3, True, "n1", match_index=2))]
+    assert sent == [("n3", AppendEntriesReply(3, True, "n1", match_index=2, prev_log_index=1))]
     assert answers == []
     log = [E(1, 1), Entry(3, None)]
     assert state(node) == {**before, "role": Role.FOLLOWER, "leader_id": "n3",
@@ -753,7 +755,7 @@ def test_lead2_malformed_command_is_refused_and_never_logged():
 def test_lead2_command_too_large_for_one_datagram_is_refused():
     """[LEAD-2] with [LEAD-3]: an entry that could never fit one AppendEntries
     would block replication forever, so it is refused up front."""
-    config = raft.Config(election_timeout_ticks=(10, 20), heartbeat_ticks=3,
+    config = dataclasses.replace(CONFIG,
                          max_append_bytes=100)
     node = make_leader(term=2, acked=["n2", "n3"], config=config)
     before = state(node)
@@ -810,7 +812,7 @@ def test_lead3_commands_proposed_together_travel_in_one_append_entries():
 def test_lead3_entries_beyond_the_datagram_budget_wait_for_the_next_message():
     """[LEAD-3] one AppendEntries carries only as many entries as fit
     max_append_bytes; the rest follow once the follower answers."""
-    config = raft.Config(election_timeout_ticks=(10, 20), heartbeat_ticks=3,
+    config = dataclasses.replace(CONFIG,
                          max_append_bytes=raft.entry_size(E(1, 1)))
     node = make_leader(term=2, log=[1, 1], config=config)
     sent, answers = step(node, AppendEntriesReply(2, False, "n2", conflict_index=1))
@@ -892,7 +894,7 @@ def test_lead4_figure8_an_older_term_entry_on_a_majority_is_not_committed():
         n3:       1 2            elected and overwrite it: NOT committed.
 
     Once index 3 (term 4, ours) is on a majority, 1..3 all commit."""
-    config = raft.Config(election_timeout_ticks=(10, 20), heartbeat_ticks=3,
+    config = dataclasses.replace(CONFIG,
                          max_append_bytes=raft.entry_size(E(2, 2)))  # one entry per message
     node = make_leader(term=4, log=[1, 2], config=config)
     step(node, AppendEntriesReply(4, False, "n3", conflict_index=2))
@@ -946,7 +948,7 @@ def test_ae1_append_entries_of_an_older_term_is_refused_with_our_term():
     node = make_node(term=5, log=[1])
     before = state(node)
     sent, answers = step(node, AppendEntries(4, "n2", 1, 1, (Entry(4, None),), 1))
-    assert sent == [("n2", AppendEntriesReply(5, False, "n1"))]
+    assert sent == [("n2", AppendEntriesReply(5, False, "n1", prev_log_index=1))]
     assert answers == []
     assert state(node) == before
 
@@ -957,7 +959,7 @@ def test_ae2_refuses_when_the_log_is_too_short_for_prev_log_index():
     node = make_node(term=2, log=[1])
     before = state(node)
     sent, answers = step(node, AppendEntries(2, "n2", 3, 2, (E(2, 4),), 3))
-    assert sent == [("n2", AppendEntriesReply(2, False, "n1", conflict_index=2))]
+    assert sent == [("n2", AppendEntriesReply(2, False, "n1", conflict_index=2, prev_log_index=3))]
     assert answers == []
     assert state(node) == {**before, "leader_id": "n2"}
 
@@ -969,7 +971,7 @@ def test_ae2_refuses_when_the_term_at_prev_log_index_differs():
     before = state(node)
     sent, answers = step(node, AppendEntries(3, "n2", 3, 3, (E(3, 4),), 3))
     assert sent == [("n2", AppendEntriesReply(3, False, "n1", conflict_index=3,
-                                              conflict_term=2))]
+                                              conflict_term=2, prev_log_index=3))]
     assert answers == []
     assert state(node) == {**before, "leader_id": "n2"}
 
@@ -991,7 +993,7 @@ def test_ae3_a_conflicting_entry_and_all_that_follow_it_are_deleted():
     node = make_node(term=3, log=[1, 1, 2, 2])
     before = state(node)
     sent, answers = step(node, AppendEntries(3, "n2", 2, 1, (E(3, 3),), 0))
-    assert (sent, answers) == ([("n2", AppendEntriesReply(3, True, "n1", match_index=3))], [])
+    assert (sent, answers) == ([("n2", AppendEntriesReply(3, True, "n1", match_index=3, prev_log_index=2))], [])
     log = [E(1, 1), E(1, 2), E(3, 3)]
     assert state(node) == {**before, "leader_id": "n2", "log": log,
                            "durable": (3, None, log)}
@@ -1003,7 +1005,7 @@ def test_ae3_matching_entries_are_kept_when_an_old_append_entries_arrives_late()
     node = make_node(term=2, log=[1, 2, 2, 2])
     before = state(node)
     sent, answers = step(node, AppendEntries(2, "n2", 1, 1, (E(2, 2),), 0))
-    assert (sent, answers) == ([("n2", AppendEntriesReply(2, True, "n1", match_index=2))], [])
+    assert (sent, answers) == ([("n2", AppendEntriesReply(2, True, "n1", match_index=2, prev_log_index=1))], [])
     assert state(node) == {**before, "leader_id": "n2"}
 
 
@@ -1026,7 +1028,7 @@ def test_ae4_new_entries_are_appended():
     node = make_node(term=1, log=[1])
     before = state(node)
     sent, answers = step(node, AppendEntries(1, "n2", 1, 1, (E(1, 2), E(1, 3)), 0))
-    assert (sent, answers) == ([("n2", AppendEntriesReply(1, True, "n1", match_index=3))], [])
+    assert (sent, answers) == ([("n2", AppendEntriesReply(1, True, "n1", match_index=3, prev_log_index=1))], [])
     log = log_of([1, 1, 1])
     assert state(node) == {**before, "leader_id": "n2", "log": log,
                            "durable": (1, None, log)}
@@ -1056,7 +1058,7 @@ def test_ae5_commit_index_is_the_minimum_of_leader_commit_and_the_last_new_entry
     node = make_node(term=3, log=[1, 1, 2, 2])
     before = state(node)
     sent, answers = step(node, heartbeat(3, "n2", 2, 1, leader_commit=4))
-    assert (sent, answers) == ([("n2", AppendEntriesReply(3, True, "n1", match_index=2))], [])
+    assert (sent, answers) == ([("n2", AppendEntriesReply(3, True, "n1", match_index=2, prev_log_index=2))], [])
     assert state(node) == {**before, "leader_id": "n2", "commit_index": 2, "last_applied": 2,
                            "machine": {"data": {"k1": "t1", "k2": "t1"}}}
 
@@ -1067,7 +1069,7 @@ def test_ae5_leader_commit_below_the_last_new_entry_is_taken_as_is():
     node = make_node(term=1, log=[1])
     before = state(node)
     sent, answers = step(node, AppendEntries(1, "n2", 1, 1, (E(1, 2), E(1, 3)), 1))
-    assert (sent, answers) == ([("n2", AppendEntriesReply(1, True, "n1", match_index=3))], [])
+    assert (sent, answers) == ([("n2", AppendEntriesReply(1, True, "n1", match_index=3, prev_log_index=1))], [])
     log = log_of([1, 1, 1])
     assert state(node) == {**before, "leader_id": "n2", "log": log, "durable": (1, None, log),
                            "commit_index": 1, "last_applied": 1,
@@ -1106,7 +1108,7 @@ def test_ae5_a_refused_append_entries_commits_nothing():
     before = state(node)
     sent, _ = step(node, heartbeat(2, "n2", 3, 3, leader_commit=3))
     assert sent == [("n2", AppendEntriesReply(2, False, "n1", conflict_index=3,
-                                              conflict_term=2))]
+                                              conflict_term=2, prev_log_index=3))]
     assert state(node) == {**before, "leader_id": "n2"}
 
 
@@ -1126,7 +1128,7 @@ def test_5_3_hint_a_short_follower_reports_where_its_log_ends():
     prev_log_index at all, the hint is our last index + 1."""
     node = make_node(term=8, log=[1, 1, 1, 4, 4, 4, 4])            # Figure 7 (e)
     sent, _ = step(node, heartbeat(8, "n2", 10, 6))
-    assert sent == [("n2", AppendEntriesReply(8, False, "n1", conflict_index=8))]
+    assert sent == [("n2", AppendEntriesReply(8, False, "n1", conflict_index=8, prev_log_index=10))]
 
 
 def test_5_3_hint_a_conflicting_follower_reports_the_first_index_of_its_term():
@@ -1135,7 +1137,7 @@ def test_5_3_hint_a_conflicting_follower_reports_the_first_index_of_its_term():
     node = make_node(term=8, log=[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3])  # Figure 7 (f)
     sent, _ = step(node, heartbeat(8, "n2", 10, 6))
     assert sent == [("n2", AppendEntriesReply(8, False, "n1", conflict_index=7,
-                                              conflict_term=3))]
+                                              conflict_term=3, prev_log_index=10))]
 
 
 def test_5_3_hint_leader_without_the_conflict_term_skips_the_whole_term():
@@ -1425,3 +1427,16 @@ def test_lead1_read_rounds_do_not_delay_the_heartbeat():
     sent, _ = tick(node)
     assert [(peer, type(message).__name__) for peer, message in sent] == [
         ("n2", "AppendEntries"), ("n3", "AppendEntries")]
+
+
+def test_lead3b_a_follower_that_refuses_at_its_match_index_lost_its_data_and_gets_all_again():
+    """[LEAD-3b] a refusal AT or past match_index cannot be stale: the
+    follower no longer holds what it acknowledged (its data dir was wiped).
+    The leader goes back below match_index and sends the log from its start."""
+    node = make_leader(term=3, log=[1, 1, 2])
+    step(node, AppendEntriesReply(3, True, "n2", match_index=4))
+    sent, answers = step(node, AppendEntriesReply(3, False, "n2", conflict_index=1,
+                                                  prev_log_index=4))
+    assert node.next_index["n2"] == 1 and node.match_index["n2"] == 4
+    assert [(to, m.prev_log_index, len(m.entries)) for to, m in sent] == [("n2", 0, 4)]
+    assert answers == []
