@@ -127,6 +127,7 @@ DATAGRAM_HEADROOM_BYTES = 1024     # an AppendEntries' fields besides its entrie
                                    # (ids up to MAX_ID_CHARS, five integers)
 MAX_SESSIONS = 10000               # client sessions kept; least recent evicted
 MAX_PENDING_READS = 10000          # reads waiting on one leader; more are refused
+ADD_PATIENCE = 10                  # election timeouts a new server has to catch up
 MAX_INBOX_ITEMS = 10000            # datagrams queued for the owner; more are dropped
 TAG_BYTES = 32                     # HMAC-SHA256 tag in front of every datagram, with a key
 MAX_RECEIVE_BYTES = 65000 + TAG_BYTES   # the largest datagram any node or client sends
@@ -1059,7 +1060,7 @@ class RaftNode:
         self.waiting: dict[int, dict] = {}       # index -> {request_id: term}
         self.proposed: dict[tuple[str, int], int] = {}
         self.pending_reads: dict[Any, PendingRead] = {}
-        self.pending_changes: list[tuple[Any, str, str]] = []  # (request, add|remove, id)
+        self.pending_changes: list[tuple] = []   # (request, add|remove, id, tick asked)
         self.catch_up: dict[str, tuple[int, int]] = {}   # learner -> (round end, start tick)
         self.transfer: Transfer | None = None
         self.read_round = 0
@@ -1227,8 +1228,10 @@ class RaftNode:
                 self.current_term, False, self.id, request.candidate_id, pre_vote=True))
 
     # -- [6.3] role transitions -------------------------------------------------
-    def become_follower(self, term: int, leader_id: str | None = None) -> None:
-        """Step down (or stay) as follower in term.
+    def become_follower(self, term: int, leader_id: str | None = None,
+                        rule: str = "CAN-3") -> None:
+        """Step down (or stay) as follower in term (rule: the tag that says
+        why, for a step-down within the term).
 
         voted_for is cleared only when the term changes: clearing it within a
         term would let this node vote twice in that term (eliben/raft's bug).
@@ -1244,7 +1247,7 @@ class RaftNode:
             # candidate with a stale log, raising the term again and again,
             # could keep better candidates from ever timing out.
             return
-        self.explain("ALL-2" if newer else "CAN-3",
+        self.explain("ALL-2" if newer else rule,
                      f"steps down from {self.role.value} to follower in term {term}"
                      + (f": {leader_id} leads it" if leader_id else ""))
         was_leader = self.role is Role.LEADER
@@ -1358,7 +1361,7 @@ class RaftNode:
                 self.answer(request_id, refusal)
         for request_id in self.pending_reads:
             self.answer(request_id, refusal)
-        for request_id, _action, _server in self.pending_changes:
+        for request_id, *_ in self.pending_changes:
             self.answer(request_id, refusal)
         if self.transfer is not None and not self.transfer.sent:
             for request_id in self.transfer.request_ids:
@@ -1380,7 +1383,7 @@ class RaftNode:
             self.explain("check-quorum", f"heard from only {', '.join(sorted(heard))} of "
                                          f"{len(self.members)} voters in an election "
                                          f"timeout: steps down")
-            self.become_follower(self.current_term, None)
+            self.become_follower(self.current_term, None, rule="check-quorum")
 
     # -- [6.4] elections ----------------------------------------------------------
     def is_up_to_date(self, last_log_term: int, last_log_index: int) -> bool:
@@ -1731,7 +1734,7 @@ class RaftNode:
         return index
 
     def send_snapshot_chunk(self, peer: str) -> None:
-        """[§5.3] InstallSnapshot: the next chunk of our snapshot for a
+        """[§5.1] InstallSnapshot (the dissertation's Figure 5.3): the next chunk of our snapshot for a
         follower that needs entries we no longer have. One chunk is in flight
         at a time; the follower's answer says where to go on from."""
         offset = self.snapshot_offset[peer]
@@ -1815,7 +1818,7 @@ class RaftNode:
         # returns only once the files are synced.
         self.storage.save_snapshot(text, snapshot.index, snapshot.term, self.log.entries)
         self.snapshot_text = text
-        self.explain("§5.3", f"installs the leader's snapshot up to index {snapshot.index} "
+        self.explain("§5.1", f"installs the leader's snapshot up to index {snapshot.index} "
                              f"(term {snapshot.term}); keeps {len(self.log.entries)} later "
                              f"log entries")
         return True
@@ -1905,15 +1908,44 @@ class RaftNode:
         if self.role is not Role.LEADER:
             self.answer(request_id, not_leader(self.leader_id, self.current_term))
             return
-        self.pending_changes.append((request_id, action, server))
+        self.pending_changes.append((request_id, action, server, self.ticks))
         self.advance_membership_changes()
 
     def advance_membership_changes(self) -> None:
-        waiting = []
-        for request_id, action, server in self.pending_changes:
-            if not self.try_membership_change(request_id, action, server):
-                waiting.append((request_id, action, server))
-        self.pending_changes = waiting
+        for change in list(self.pending_changes):
+            if change not in self.pending_changes:
+                continue                    # answered meanwhile (drop_pending_adds)
+            request_id, action, server, asked = change
+            if (self.gives_up_adding(request_id, action, server, asked)
+                    or self.try_membership_change(request_id, action, server)):
+                self.pending_changes.remove(change)
+
+    def gives_up_adding(self, request_id, action: str, server: str, asked: int) -> bool:
+        """§4.2.1: a server that does not catch up in time (down, or a typo)
+        is not waited for forever. After ADD_PATIENCE election timeouts the
+        request fails; a learner that never answered at all is removed again."""
+        patience = ADD_PATIENCE * self.config.election_timeout_ticks[1]
+        if action != "add" or self.ticks - asked < patience:
+            return False
+        self.answer(request_id, {"ok": False, "error": (
+            f"{server} did not catch up within {ADD_PATIENCE} election timeouts: is it "
+            f"running, and does it reach the leader?")})
+        if (server in self.learners and self.match_index.get(server) == 0
+                and server not in self.snapshot_offset and self.can_change_configuration()):
+            self.drop_pending_adds(server, request_id)
+            index, latest = self.configs[-1]
+            self.append_configuration(
+                Membership(latest.voters, tuple(l for l in latest.learners if l != server)),
+                "§4.2.1", f"gives up on {server}, which never answered")
+        return True
+
+    def drop_pending_adds(self, server: str, request_id) -> None:
+        """A removal overrides any add of the same server still waiting."""
+        for waiting in [c for c in self.pending_changes if c[1:3] == ("add", server)]:
+            if waiting[0] != request_id:
+                self.answer(waiting[0], {"ok": False,
+                                         "error": f"{server} was removed meanwhile"})
+        self.pending_changes = [c for c in self.pending_changes if c[1:3] != ("add", server)]
 
     def try_membership_change(self, request_id, action: str, server: str) -> bool:
         """Take the next step of one request; True once it is answered or
@@ -1935,6 +1967,7 @@ class RaftNode:
             return True
         if not self.can_change_configuration():
             return False
+        self.drop_pending_adds(server, request_id)
         index = self.append_configuration(
             Membership(tuple(v for v in latest.voters if v != server),
                        tuple(l for l in latest.learners if l != server)),
@@ -1995,7 +2028,7 @@ class RaftNode:
             self.send(target, TimeoutNow(self.current_term, self.id))
             text += f" and hands leadership to {target} (TimeoutNow)"
         self.explain("§4.2.2", text)
-        self.become_follower(self.current_term, None)
+        self.become_follower(self.current_term, None, rule="§4.2.2")
 
     def most_up_to_date_voter(self) -> str | None:
         voters = [v for v in self.members if v != self.id and v in self.match_index]
@@ -2056,7 +2089,7 @@ class RaftNode:
             transfer.request_ids = []
             if not self.is_voter() and self.configs[-1][0] <= self.commit_index:
                 self.explain("§4.2.2", "no longer a voter: steps down")
-                self.become_follower(self.current_term, None)
+                self.become_follower(self.current_term, None, rule="§4.2.2")
 
     # -- [6.9] client commands and sessions (§6.3) ----------------------------
     def propose(self, request_id, client_id: str, seq: int, op: list) -> None:
@@ -2650,11 +2683,19 @@ class NodeServer:
         self.node.step(message)
 
     def address_of(self, server: str) -> tuple[str, int] | None:
-        """Where datagrams from server come from. Host names are looked up
-        once, and only for servers some configuration in our log names."""
+        """Where datagrams from server come from; None: not to be heard.
+
+        With a key, any key holder is heard from its own address (the core
+        then processes RPCs from any server, §4.1). Without one, only
+        servers some configuration in our log names (or anyone, while this
+        node has no configuration yet, as when it --joins): otherwise anyone
+        on the network could push our term up from an address of its own.
+        Host names are looked up once, and only for named servers."""
         address = self.member_addresses.get(server)
         if address is None:
             known = any(server in config.servers for _, config in self.node.configs)
+            if not known and self.key is None and self.node.configs[-1][1].servers:
+                return None
             address = resolve_address(server, lookup=known)
             if known and address is not None:
                 self.member_addresses[server] = address
@@ -3728,8 +3769,9 @@ class DemoPrompt(ClusterPrompt):
 
     # -- cluster changes --------------------------------------------------------------------
     def do_add(self, arg):
-        """add [PORT]: start a new, empty node (on PORT, or a free port) with
-        --join; it asks to be added, catches up as a learner, then votes (§4.2.1)."""
+        """add [PORT]: start a new node that joins the cluster (§4.2.1).
+        The node starts empty on PORT (or a free port) with --join; it asks
+        to be added, catches up as a learner, then becomes a voter."""
         words = arg.split()
         if len(words) > 1 or (words and not words[0].isdigit()):
             print("error: usage: add [PORT]")
@@ -3766,11 +3808,13 @@ class DemoPrompt(ClusterPrompt):
         self.cluster.forget(port)
         if f"127.0.0.1:{port}" in self.client.peers and len(self.client.peers) > 1:
             self.client.peers.remove(f"127.0.0.1:{port}")
+        if self.client.leader == f"127.0.0.1:{port}":
+            self.client.leader = None          # it stepped down and is gone
         print(f"OK: {port} removed and stopped")
 
     def do_snapshot(self, arg):
-        """snapshot [PORT]: make that node (default: every running node) compact
-        its log now (dissertation ch. 5); prints the index each snapshot covers."""
+        """snapshot [PORT]: compact that node's log now (default: every node).
+        Dissertation ch. 5; prints the index each snapshot covers."""
         if arg.strip():
             port = self.port_argument(arg)
             if port is None:
@@ -4100,7 +4144,9 @@ def join_cluster(server: NodeServer, contact: str, key: bytes | None) -> None:
 
 def main_client(argv: list[str]) -> int:
     parser = Parser(prog="raft.py client", description="One request to the cluster: "
-                    "set KEY VALUE | get KEY | incr KEY [N] | del KEY | status [HOST:PORT]")
+                    "set KEY VALUE | get KEY | incr KEY [N] | del KEY | status [HOST:PORT] | "
+                    "add HOST:PORT | remove HOST:PORT | transfer [HOST:PORT] | "
+                    "snapshot HOST:PORT")
     add_cluster_options(parser)
     parser.add_argument("words", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -4108,7 +4154,9 @@ def main_client(argv: list[str]) -> int:
     words = args.words
     usage = {"set": (3, None, "set KEY VALUE"), "get": (2, 2, "get KEY"),
              "incr": (2, 3, "incr KEY [N]"), "del": (2, 2, "del KEY"),
-             "status": (1, 2, "status [HOST:PORT]")}
+             "status": (1, 2, "status [HOST:PORT]"), "add": (2, 2, "add HOST:PORT"),
+             "remove": (2, 2, "remove HOST:PORT"), "transfer": (1, 2, "transfer [HOST:PORT]"),
+             "snapshot": (2, 2, "snapshot HOST:PORT")}
     if not words or words[0] not in usage:
         raise UsageError("say what to do: " + " | ".join(u[2] for u in usage.values()))
     low, high, form = usage[words[0]]
@@ -4120,6 +4168,23 @@ def main_client(argv: list[str]) -> int:
             targets = words[1:] or client.peers
             for target in targets:
                 print(json.dumps(client.status(target)))
+            return 0
+        if verb in ("add", "remove", "transfer", "snapshot"):
+            try:
+                server = normalize_address(words[1]) if len(words) == 2 else None
+            except ValueError as error:
+                raise UsageError(f"{verb}: {error}") from None
+            if verb == "add":
+                client.add_member(server)
+            elif verb == "remove":
+                client.remove_member(server)
+            elif verb == "transfer":
+                client.transfer_leadership(server)
+                server = client.leader or server
+            else:
+                print(f"snapshot at index {client.snapshot(server)}")
+                return 0
+            print("OK" if verb != "transfer" else f"OK: {server} leads")
             return 0
         if verb == "set":
             result = client.set(words[1], " ".join(words[2:]))
