@@ -1049,7 +1049,7 @@ class RaftNode:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.election_timeout = self.random_election_timeout()
-        self.heard_from: set[str] = set()        # check-quorum: who answered lately
+        self.last_heard: dict[str, int] = {}     # leader: peer -> tick of its last answer
         self.in_flight: dict[str, int] = {}      # heartbeats a batch has waited
         self.snapshot_offset: dict[str, int] = {}  # followers being sent the snapshot
         self.incoming: tuple | None = None       # (key, [chunks], length) being received
@@ -1324,7 +1324,7 @@ class RaftNode:
         self.snapshot_offset, self.catch_up, self.transfer = {}, {}, None
         self.track_peers()
         self.read_round, self.read_round_wanted = 0, False
-        self.election_elapsed, self.heard_from = 0, set()
+        self.election_elapsed, self.last_heard = 0, {}
         self.explain("CAN-2", f"becomes leader of term {self.current_term}: votes from "
                               f"{', '.join(sorted(self.votes))}, a majority of "
                               f"{len(self.members)}")
@@ -1375,10 +1375,11 @@ class RaftNode:
         the others have elected (or will elect) instead of waiting on it."""
         if not self.config.check_quorum:
             return
-        if self.election_elapsed < self.config.election_timeout_ticks[1]:
-            return
-        heard = self.heard_from | {self.id}
-        self.election_elapsed, self.heard_from = 0, set()
+        timeout = self.config.election_timeout_ticks[1]
+        if self.election_elapsed < timeout:
+            return                  # a new leader gets one timeout to hear from them
+        heard = {self.id} | {peer for peer, tick in self.last_heard.items()
+                             if self.ticks - tick < timeout}
         if not self.has_quorum(heard):
             self.explain("check-quorum", f"heard from only {', '.join(sorted(heard))} of "
                                          f"{len(self.members)} voters in an election "
@@ -1630,7 +1631,7 @@ class RaftNode:
         if (self.role is not Role.LEADER or reply.term != self.current_term
                 or peer not in self.next_index):
             return                  # stale: from an earlier term of ours, or an ex-peer
-        self.heard_from.add(peer)
+        self.last_heard[peer] = self.ticks
         self.read_acks[peer] = max(self.read_acks[peer], reply.read_round)
         if peer in self.snapshot_offset:
             return                  # a late answer: the snapshot decides where it stands
@@ -1733,6 +1734,20 @@ class RaftNode:
                              f"{len(text)} bytes) and drops {dropped} log entries")
         return index
 
+    def a_follower_still_needs_the_log(self) -> bool:
+        """A leader holds off automatic compaction while a follower it hears
+        from is being sent a snapshot, or is catching up from far behind:
+        compacting then would restart that follower's transfer, and under
+        steady writes it might never catch up. A follower that is silent
+        (down, cut off) holds nothing up."""
+        if self.role is not Role.LEADER:
+            return False
+        far_behind = self.last_applied - self.config.snapshot_every
+        timeout = self.config.election_timeout_ticks[1]
+        return any(self.ticks - self.last_heard.get(peer, -timeout) < timeout
+                   and (peer in self.snapshot_offset or self.match_index[peer] < far_behind)
+                   for peer in self.peers)
+
     def send_snapshot_chunk(self, peer: str) -> None:
         """[§5.1] InstallSnapshot (the dissertation's Figure 5.3): the next chunk of our snapshot for a
         follower that needs entries we no longer have. One chunk is in flight
@@ -1834,7 +1849,7 @@ class RaftNode:
         if (self.role is not Role.LEADER or reply.term != self.current_term
                 or peer not in self.snapshot_offset):
             return
-        self.heard_from.add(peer)
+        self.last_heard[peer] = self.ticks
         if reply.last_included_index != self.log.snapshot_index:
             self.snapshot_offset[peer] = 0       # we have a newer snapshot: start it
         elif reply.done:
@@ -2249,7 +2264,8 @@ class RaftNode:
             self.answer_ready_reads()
         self.step_down_if_removed()
         every = self.config.snapshot_every
-        if every and self.last_applied - self.log.snapshot_index >= every:
+        if (every and self.last_applied - self.log.snapshot_index >= every
+                and not self.a_follower_still_needs_the_log()):
             self.take_snapshot()
 
     def collect_answers(self) -> list[tuple[Any, dict]]:
