@@ -32,6 +32,7 @@ to fix: each reason says what goes wrong.
 import collections
 import copy
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -44,8 +45,8 @@ import pytest
 
 import raft
 from conftest import free_ports, wait_until
-from raft import (AppendEntries, AppendEntriesReply, Entry, RequestVote,
-                  RequestVoteReply, Role)
+from raft import (AppendEntries, AppendEntriesReply, Entry, InstallSnapshot,
+                  InstallSnapshotReply, RequestVote, RequestVoteReply, Role, TimeoutNow)
 
 SEED = int(os.environ.get("RAFT_FUZZ_SEED", "7"))
 MAX = raft.MAX_WIRE_INTEGER
@@ -284,18 +285,33 @@ def command(client, seq, op):
 
 def peer_templates(term, sender, last_index=7, last_term=None, receiver="127.0.0.1:8000"):
     """One valid message of each peer type (AppendEntries with and without
-    entries, replies granted and refused), as encode_message writes them."""
+    entries, replies granted and refused, votes and pre-votes, a transfer's
+    vote request), as encode_message writes them. The InstallSnapshot chunks
+    add up to a damaged snapshot (its header is cut short), so no fuzzed case
+    can install one: the invariants below compare log entries by position."""
     last_term = term if last_term is None else last_term
+    snapshot_index = last_index + 2
     messages = [
         RequestVote(term, sender, last_index, last_term),
+        RequestVote(term, sender, last_index, last_term, pre_vote=True),
+        RequestVote(term, sender, last_index, last_term, transfer=True),
         RequestVoteReply(term, True, sender, receiver),
         RequestVoteReply(term, False, sender, receiver),
+        RequestVoteReply(term, True, sender, receiver, pre_vote=True),
+        RequestVoteReply(term, False, sender, receiver, pre_vote=True),
         AppendEntries(term, sender, 1, 1,
                       (Entry(1, None), Entry(term, command("c0ffee", 7, ["set", "k", "v"])),
                        Entry(term, command("c0ffee", 8, ["incr", "n", 2]))), 2, 3),
         AppendEntries(term, sender, last_index, last_term, (), last_index, 0),
         AppendEntriesReply(term, True, sender, last_index, 0, 0, 3),
         AppendEntriesReply(term, False, sender, 0, 2, 1, 0),
+        InstallSnapshot(term, sender, snapshot_index, last_term, 0, '{"index":', False),
+        InstallSnapshot(term, sender, snapshot_index, last_term, 9, f"{snapshot_index}}}\n",
+                        True),
+        InstallSnapshotReply(term, sender, snapshot_index, 0, 9, False),
+        InstallSnapshotReply(term, sender, snapshot_index, 9, 12, True),
+        TimeoutNow(term, sender),
+        TimeoutNow(max(term - 1, 0), sender),       # a stale one, from an earlier term
     ]
     return [raft.encode_message(m) for m in messages]
 
@@ -319,7 +335,13 @@ WIRE_TEMPLATES = (peer_templates(5, "127.0.0.1:8001", 7, 4)
 def check_entry(entry):
     assert type(entry) is Entry
     assert type(entry.term) is int and 1 <= entry.term <= raft.MAX_TERM
-    if entry.command is not None:
+    if type(entry.command) is dict and set(entry.command) == {"config"}:   # §4.1
+        config = entry.command["config"]
+        assert type(config) is dict and set(config) == {"voters", "learners"}
+        for ids in config.values():
+            assert type(ids) is list
+            assert all(type(i) is str and 0 < len(i) <= raft.MAX_ID_CHARS for i in ids)
+    elif entry.command is not None:
         assert type(entry.command) is dict and set(entry.command) == {"client", "seq", "op"}
         client, seq, op = entry.command["client"], entry.command["seq"], entry.command["op"]
         assert type(client) is str and 0 < len(client) <= raft.MAX_ID_CHARS
@@ -339,6 +361,10 @@ def check_well_formed(message):
             assert type(value) is int and 0 <= value <= limit, (field.name, value)
         elif field.type == "bool":
             assert type(value) is bool, (field.name, value)
+        elif (type(message), field.name) == (InstallSnapshot, "data"):
+            # A chunk of snapshot text: ASCII, as long as a datagram allows.
+            assert type(value) is str and value.isascii(), field.name
+            assert len(value) <= raft.MAX_RECEIVE_BYTES, field.name
         elif field.type == "str":
             assert type(value) is str and 0 < len(value) <= raft.MAX_ID_CHARS, field.name
         else:
@@ -348,6 +374,8 @@ def check_well_formed(message):
             check_entry(entry)
         terms = [message.prev_log_term, *(e.term for e in message.entries), message.term]
         assert terms == sorted(terms), terms
+    if isinstance(message, InstallSnapshot):
+        assert message.last_included_term <= message.term
 
 
 def wire_bytes(message) -> bytes:
@@ -370,7 +398,26 @@ def is_wire_integer(value):
     return type(value) is int and 0 <= value <= MAX
 
 
-def expected_verdict(data: bytes, address=None, member_addresses=None, node_id=None):
+def claimed_address(sender: str, member_addresses, hears_strangers=False):
+    """Where a peer message naming sender must come from: the looked-up
+    address of a server some configuration names (member_addresses). Any
+    other server is heard only by a node that hears strangers (one with a
+    cluster key, or with no configuration yet), from the sender id's own IP
+    literal and port; a host name no configuration names is never looked
+    up. None: no address matches."""
+    if sender in (member_addresses or {}):
+        return member_addresses[sender]
+    if not hears_strangers:
+        return None
+    host, _, port = sender.rpartition(":")
+    try:
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        return None
+
+
+def expected_verdict(data: bytes, address=None, member_addresses=None, node_id=None,
+                     hears_strangers=False):
     """What NodeServer.handle_datagram must do with data arriving from
     address, from the decoder's answer and the runtime's documented checks:
     ("peer" | "client" | "status", message) if it acts on it, else
@@ -381,9 +428,11 @@ def expected_verdict(data: bytes, address=None, member_addresses=None, node_id=N
         if kind in raft.MESSAGE_TYPES:
             message = raft.decode_message(fields)
             sender = raft.message_sender(message)
-            # Peer messages count only from the named member's own address,
-            # and a node ignores messages naming itself.
-            if (member_addresses or {}).get(sender) != address or sender == node_id:
+            # Peer messages count only from the claimed sender's own address
+            # (a server our configurations do not name only with a key: see
+            # claimed_address), and a node ignores messages naming itself.
+            if (claimed_address(sender, member_addresses, hears_strangers) != address
+                    or sender == node_id):
                 return "not from a member", message
             return "peer", message
     except raft.ProtocolError as error:
@@ -464,7 +513,9 @@ def test_the_wire_decoder_returns_a_well_formed_message_or_raises_protocol_error
 # dropped, and a datagram "from" a peer comes from that peer's real address.
 
 RUNTIME_CASES = 4000
-STRANGER = "127.0.0.1:9"
+STRANGER = "127.0.0.1:9"               # a server no configuration names
+STRANGER_ADDRESS = ("127.0.0.1", 9)    # ... and where its datagrams come from:
+                                       # a node without a key still drops them
 
 
 class InProcessServer:
@@ -482,6 +533,8 @@ class InProcessServer:
         self.closed = False
 
     def address_of(self, node_id):
+        if node_id == STRANGER:
+            return STRANGER_ADDRESS
         return self.server.member_addresses.get(node_id, self.client_address)
 
     def deliver(self, message_or_fields):
@@ -530,8 +583,16 @@ def become_follower_with_committed_log(s: InProcessServer):
 
 def become_leader_with_committed_log(s: InProcessServer):
     become_follower_with_committed_log(s)
-    while s.node.role is not Role.CANDIDATE:
+    # Its timer runs out: a pre-vote round first (§9.6), then, with a
+    # member's pre-vote, an election of term 3.
+    for _ in range(s.node.config.election_timeout_ticks[1]):
         s.node.tick()
+        if any(isinstance(m, RequestVote) and m.pre_vote for _, m in s.node.outbox):
+            break
+    s.cycle()
+    assert (s.node.role, s.node.current_term) == (Role.FOLLOWER, 2)
+    s.deliver(RequestVoteReply(3, True, s.members[1], s.node.id, pre_vote=True))
+    assert s.node.role is Role.CANDIDATE
     s.cycle()
     s.deliver(RequestVoteReply(s.node.current_term, True, s.members[1], s.node.id))
     s.cycle()
@@ -547,8 +608,9 @@ def become_leader_with_committed_log(s: InProcessServer):
 
 def node_templates(s: InProcessServer):
     """Valid datagrams that fit the node's state now, each with the address
-    it comes from: peer messages naming each member (from its address) and a
-    stranger, and client requests."""
+    it comes from: peer messages naming each member and a stranger (each from
+    its own address; this node has no key, so it hears only the servers its
+    configurations name), and client requests."""
     node = s.node
     term, last_index, last_term = node.current_term, node.log.last_index, node.log.last_term
     templates = []
@@ -556,9 +618,9 @@ def node_templates(s: InProcessServer):
         for message_term in (term, min(term + 1, MAX)):
             for fields in peer_templates(message_term, sender, last_index, last_term, node.id):
                 templates.append((fields, s.address_of(sender)))
-    # Client requests as often as peer messages: one set per peer sender.
-    return templates + [(fields, s.client_address)
-                        for fields in client_templates("fuzz-client", "fz")] * 8
+    # Client requests about as often as peer messages.
+    clients = [(fields, s.client_address) for fields in client_templates("fuzz-client", "fz")]
+    return templates + clients * (len(templates) // len(clients))
 
 
 def source_address(rng, s: InProcessServer, usual):
@@ -566,7 +628,8 @@ def source_address(rng, s: InProcessServer, usual):
     valid message arrives from the wrong member or from a stranger."""
     if rng.random() < 0.85:
         return usual
-    return rng.choice([*s.server.member_addresses.values(), s.client_address])
+    return rng.choice([*s.server.member_addresses.values(), s.client_address,
+                       STRANGER_ADDRESS])
 
 
 def node_state(node):
@@ -593,24 +656,46 @@ def counter_change(before, after):
             for name in after if after[name] != before.get(name, 0)}
 
 
+def hears_a_leader(node):
+    """§4.2.3: a leader, or a server that heard one within the minimum
+    election timeout. Check-quorum (on in the runtime) makes such a server
+    ignore vote requests that are neither pre-votes nor a transfer's."""
+    return node.role is Role.LEADER or (
+        node.leader_id is not None
+        and node.election_elapsed < node.config.election_timeout_ticks[0])
+
+
 def feed_one(s: InProcessServer, data: bytes, address):
-    """Hand one datagram to handle_datagram; check what it must do."""
+    """Hand one datagram to handle_datagram; check what it must do. Returns
+    the verdict and what the core itself counted (a refusal to overwrite a
+    committed entry; a damaged or oversized snapshot, under "bad field")."""
     node = s.node
-    verdict, message = expected_verdict(data, address, s.server.member_addresses, node.id)
+    verdict, message = expected_verdict(data, address, s.server.member_addresses, node.id,
+                                        hears_strangers=s.server.key is not None)
     state, counters = node_state(node), dict(node.counters)
     committed = node.log.entries[:node.commit_index]
+    ignored = (verdict == "peer" and isinstance(message, RequestVote)
+               and not message.pre_vote and not message.transfer
+               and node.config.check_quorum and hears_a_leader(node))
     s.server.handle_datagram(data, address)
     change = counter_change(counters, node.counters)
     if verdict not in ("peer", "client", "status"):
         assert change == {verdict: 1}, (verdict, change)
         assert node_state(node) == state, "a rejected datagram changed the node"
+    elif ignored:
+        assert change == {}, change
+        assert node_state(node) == state, "a vote request during a leader's lease acted"
     else:
-        assert change in ({}, {"refused: would overwrite a committed entry": 1}), change
-        if (verdict == "peer" and isinstance(message, (RequestVote, AppendEntries))
+        core_counts = [{}, {"refused: would overwrite a committed entry": 1}]
+        if isinstance(message, InstallSnapshot):
+            core_counts.append({"bad field": 1})
+        assert change in core_counts, change
+        if (verdict == "peer" and isinstance(message, (RequestVote, AppendEntries,
+                                                       InstallSnapshot))
                 and not change):
             assert len(node.outbox) == state[7] + 1, "[FOL-1] an RPC went unanswered"
     check_node_invariants(node, state[0], state[1], state[4], committed)
-    return verdict
+    return verdict, change if verdict == "peer" else {}
 
 
 @pytest.mark.parametrize("role", ["follower", "leader"])
@@ -622,6 +707,7 @@ def test_handle_datagram_rejects_and_counts_or_keeps_the_invariants(in_process, 
         become_leader_with_committed_log(s)
     rng = random.Random(f"{SEED}-{role}")
     verdicts = collections.Counter()
+    core_counted = collections.Counter()
     number, data, address = 0, b"", None
     try:
         for number in range(RUNTIME_CASES):
@@ -631,7 +717,9 @@ def test_handle_datagram_rejects_and_counts_or_keeps_the_invariants(in_process, 
             fields, usual = rng.choice(templates)
             data = fuzz_one(rng, fields, donors)
             address = source_address(rng, s, usual)
-            verdicts[feed_one(s, data, address)] += 1
+            verdict, counted = feed_one(s, data, address)
+            verdicts[verdict] += 1
+            core_counted.update(counted)
             if number % 10 == 9:
                 s.cycle()
                 assert s.node.last_applied == s.node.commit_index
@@ -645,7 +733,8 @@ def test_handle_datagram_rejects_and_counts_or_keeps_the_invariants(in_process, 
     dropped = s.server.status()["dropped"]
     for reason, count in verdicts.items():
         if reason not in ("peer", "client", "status"):
-            assert dropped.get(reason) == count, (reason, dropped, verdicts)
+            assert dropped.get(reason) == count + core_counted[reason], \
+                (reason, dropped, verdicts, core_counted)
     for verdict in ("not JSON", "unknown type", "bad field", "not from a member",
                     "peer", "client", "status"):
         assert verdicts[verdict] >= 30, verdicts
@@ -673,6 +762,10 @@ def test_the_largest_accepted_term_leaves_a_node_that_can_always_restart(in_proc
     forged message is out of service, which is denial of service, not lost
     data; a cluster key stops the forgery, see docs/security.md.)"""
     s = in_process()
+    # Elections as in Figure 2, without pre-vote (§9.6): a pre-vote for
+    # MAX_TERM + 1 is beyond the wire's limit, so no peer could grant it and
+    # the node would never raise its term past MAX_TERM at all.
+    s.node.config = dataclasses.replace(s.node.config, pre_vote=False)
     s.deliver(RequestVote(raft.MAX_TERM, s.members[1], 0, 0))     # the largest legal term
     s.cycle()
     assert (s.node.current_term, s.node.voted_for) == (raft.MAX_TERM, s.members[1])
@@ -680,10 +773,13 @@ def test_the_largest_accepted_term_leaves_a_node_that_can_always_restart(in_proc
         raft.decode_message(raft.encode_message(RequestVote(raft.MAX_TERM + 1, s.members[1],
                                                             0, 0)))
     elections = 0
-    while elections < 2:                                # two elections time out
+    for _ in range(3 * s.node.config.election_timeout_ticks[1]):   # two elections time out
         term = s.node.current_term
         s.node.tick()
         elections += s.node.current_term > term
+        if elections == 2:
+            break
+    assert elections == 2
     s.node.collect_messages()
     s.node.storage.sync()
     data_dir = s.server.storage.data_dir

@@ -270,7 +270,8 @@ def test_figure_7_who_could_have_won_the_election_for_term_8(candidate, wins, ne
 # leader's first entry is its no-op (§8), so the "entry of term 2" of the
 # figure is S1's term-2 no-op: the trap is the same for any entry.
 
-ONE_ENTRY_PER_MESSAGE = raft.Config(max_append_bytes=1)
+# Figure 2 alone: no pre-vote or leader lease, as in the paper's story.
+ONE_ENTRY_PER_MESSAGE = raft.Config(max_append_bytes=1, pre_vote=False, check_quorum=False)
 
 
 def figure_8_cluster(new_cluster):
@@ -478,19 +479,23 @@ def test_figure_8_without_the_current_term_rule_the_checker_sees_a_committed_ent
 
 @pytest.mark.parametrize("seed", range(3))
 def test_a_partitioned_old_leader_never_answers_a_read_with_a_stale_value(seed, new_cluster):
-    """A leader cut off from the majority still believes it leads, while
-    the majority elects a new leader and overwrites x. A client that reads x
-    from the old leader must not get the old value: a read waits for a
-    heartbeat round that a majority answers after the read arrived (ReadIndex,
-    §6.4), which the old leader never gets. On its return it steps down and
-    tells the client to go to the new leader.
+    """A leader cut off from the majority still believes it leads for a
+    while, as the majority elects a new leader and overwrites x. A client
+    that reads x from the old leader must not get the old value: a read
+    waits for a heartbeat round that a majority answers after the read
+    arrived (ReadIndex, §6.4), which the old leader never gets. With
+    check-quorum, hearing no majority for an election timeout, it steps
+    down (in its own term: pre-vote keeps it from raising it) and tells the
+    client to go to the new leader; so does the follower it has become.
     (test_simulation.py (c) tells the same story for writes.)"""
     cluster = new_cluster(5, seed, UNRELIABLE)
     old = wait_for_leader(cluster, 10 * MAX_ELECTION_TICKS)
     writer = SimClient(cluster, "w", first_node=cluster.ids.index(old.id))
     run_clients(cluster, [writer], {"w": [["set", "x", "old"]]}, 500)
     cluster.partition([old.id], [n for n in cluster.ids if n != old.id])
+    old_term = old.current_term
     cluster.read(old.id, "read before", ["get", "x"])
+    assert old.role is raft.Role.LEADER and "read before" not in cluster.answers
 
     new = wait_for_leader(cluster, 10 * MAX_ELECTION_TICKS, replacing=old)
     other = SimClient(cluster, "o", first_node=cluster.ids.index(new.id))
@@ -498,13 +503,15 @@ def test_a_partitioned_old_leader_never_answers_a_read_with_a_stale_value(seed, 
     cluster.read(old.id, "read after", ["get", "x"])
     cluster.tick(5 * MAX_ELECTION_TICKS)
 
-    assert old.role is raft.Role.LEADER and old.machine.data["x"] == "old"
-    assert "read before" not in cluster.answers and "read after" not in cluster.answers, \
-        why(cluster, f"the old leader answered: {cluster.answers}")
+    # Check-quorum: the old leader stepped down on its own, in its own term.
+    assert (old.role, old.current_term) == (raft.Role.FOLLOWER, old_term), \
+        why(cluster, "the cut-off leader did not step down")
+    assert old.machine.data["x"] == "old"
+    for read in ("read before", "read after"):
+        assert cluster.answers.get(read, {}).get("error") == "not_leader", \
+            why(cluster, f"the old node answered {read!r}: {cluster.answers.get(read)}")
     cluster.heal()
     assert cluster.run_until(lambda: converged(cluster), 1000), why(cluster, "no convergence")
-    for read in ("read before", "read after"):
-        assert cluster.answers[read]["error"] == "not_leader", cluster.answers[read]
     assert old.machine.data["x"] == "new"
 
 
@@ -521,13 +528,15 @@ def test_a_node_back_with_a_much_higher_term_forces_an_election_it_cannot_win(
     a leader and commit 20 writes.
 
     On heal, its first reply carries that high term, and the leader steps
-    down ([ALL-2]): a disruption, expected in this implementation because it
-    has no pre-vote yet (dissertation §9.6; with pre-vote the loner would not
-    raise its term, and the lines marked PRE-VOTE below change). It still
-    cannot win: its log lacks the committed entries, so every other server
-    refuses it ([RV-2]). A server holding them wins a term above the
-    loner's, and nothing committed is lost."""
-    cluster = new_cluster(5, seed, RELIABLE)
+    down ([ALL-2]): a disruption, expected without pre-vote (dissertation
+    §9.6; with pre-vote the loner does not raise its term, and the lines
+    marked PRE-VOTE below change: see the next test). It still cannot win:
+    its log lacks the committed entries, so every other server refuses it
+    ([RV-2]). A server holding them wins a term above the loner's, and
+    nothing committed is lost."""
+    # Figure 2 alone: no pre-vote or leader lease, the disruption they prevent.
+    cluster = new_cluster(5, seed, RELIABLE,
+                          config=raft.Config(pre_vote=False, check_quorum=False))
     leader = wait_for_leader(cluster, 10 * MAX_ELECTION_TICKS)
     loner_id = next(n for n in cluster.ids if n != leader.id)
     cluster.partition([loner_id], [n for n in cluster.ids if n != loner_id])
@@ -551,6 +560,43 @@ def test_a_node_back_with_a_much_higher_term_forces_an_election_it_cannot_win(
     assert new.id != loner_id and all(led != loner_id for _term, led in leaders), \
         why(cluster, "the loner led with a stale log")
     assert new.current_term > loner_term, why(cluster, "no election after heal")  # PRE-VOTE
+    for node in cluster.nodes.values():
+        assert node.log.entries[:len(committed)] == committed
+        assert node.machine.data["k"] == 20
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_with_pre_vote_a_node_back_from_a_partition_keeps_its_term_and_deposes_no_one(
+        seed, new_cluster):
+    """The story above with pre-vote and check-quorum on (the defaults). Cut
+    off, the loner asks for pre-votes again and again and never gets a
+    majority, so it never raises its term (§9.6). On heal its replies carry
+    the cluster's own term: the leader keeps leading, in the same term, and
+    the loner catches up."""
+    cluster = new_cluster(5, seed, RELIABLE)
+    leader = wait_for_leader(cluster, 10 * MAX_ELECTION_TICKS)
+    term = leader.current_term
+    loner_id = next(n for n in cluster.ids if n != leader.id)
+    cluster.partition([loner_id], [n for n in cluster.ids if n != loner_id])
+    cut_at = cluster.now
+    client = SimClient(cluster, "c", first_node=cluster.ids.index(leader.id))
+    run_clients(cluster, [client], {"c": [["incr", "k", 1] for _ in range(20)]}, 1000)
+    cluster.tick(cut_at + 6 * TICKS_PER_SECOND - cluster.now)
+
+    loner = cluster.nodes[loner_id]
+    assert stable_leader(cluster) is leader, why(cluster, "the majority lost its leader")
+    assert (leader.current_term, loner.current_term) == (term, term), \
+        why(cluster, "a term was raised")                          # PRE-VOTE: stays put
+    assert loner.log.last_index < leader.commit_index
+    committed = leader.log.entries[:leader.commit_index]
+    leaders = watch_leaders(cluster)
+
+    cluster.heal()
+    assert cluster.run_until(lambda: converged(cluster), 500), why(cluster, "no convergence")
+
+    assert stable_leader(cluster) is leader and leader.current_term == term, \
+        why(cluster, "the loner's return deposed the leader")   # PRE-VOTE: no election
+    assert leaders == {(term, leader.id)}, leaders
     for node in cluster.nodes.values():
         assert node.log.entries[:len(committed)] == committed
         assert node.machine.data["k"] == 20
@@ -622,9 +668,9 @@ def test_a_follower_5000_entries_behind_catches_up_in_a_few_dozen_messages(
     assert far.log.entries == stable_leader(cluster).log.entries
     assert far.machine.data == {"n": BEHIND}
     assert refusals["logs differ"] <= mismatches, refusals
-    # (Refusals of an old term happen too: the follower, cut off, kept
-    # starting elections, so its first answer deposes the leader; no
-    # pre-vote yet, see above.)
+    # And none of an old term: cut off, the follower asked for pre-votes and
+    # never raised its term (§9.6), so its answers depose no one.
+    assert refusals["old term"] == 0, refusals
     assert BEHIND // 250 <= batches["with entries"] <= 40, batches
 
 
@@ -693,7 +739,9 @@ def test_a_restart_in_the_middle_of_an_election_keeps_the_vote(crash, seed, new_
                                           for B, safely (seeds 0-2 lose the vote,
                                           seed 3 keeps it)
     """
-    cluster = new_cluster(3, seed, EXACT)
+    # Figure 2 alone: no pre-vote or leader lease, as in the paper's rules.
+    cluster = new_cluster(3, seed, EXACT, config=raft.Config(pre_vote=False,
+                                                             check_quorum=False))
     a, v, b = cluster.ids
     storage = cluster.storage[v]
     cluster.partition([a, v], [b])

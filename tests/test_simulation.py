@@ -250,7 +250,12 @@ def test_a_partitioned_old_leader_steps_down_and_its_uncommitted_entries_are_rep
     assert new.id != old.id and new.current_term > stale_term
     others = SimClient(cluster, "o", first_node=cluster.ids.index(new.id))
     run_clients(cluster, [others], {"o": [["set", "x", f"new{i}"] for i in range(8)]}, 1000)
-    assert old.role is raft.Role.LEADER and old.commit_index == committed
+    # Check-quorum: hearing no majority for an election timeout, the old
+    # leader steps down on its own, in its own term (pre-vote keeps it from
+    # raising it), having committed nothing more.
+    assert cluster.run_until(lambda: old.role is raft.Role.FOLLOWER, 3 * MAX_ELECTION_TICKS), \
+        why(cluster, "the cut-off leader did not step down")
+    assert old.current_term == stale_term and old.commit_index == committed
 
     cluster.heal()
     assert cluster.run_until(lambda: converged(cluster), 1000), \
@@ -370,11 +375,15 @@ def test_five_nodes_with_three_crashed_commit_nothing(make_cluster):
         cluster.crash(node_id)
     committed = leader.commit_index
 
+    term = leader.current_term
     cluster.propose(leader.id, "r", "c", 1, ["incr", "k", 1])
     cluster.tick(20 * MAX_ELECTION_TICKS)
 
     assert max(n.commit_index for n in cluster.nodes.values()) == committed
-    assert "r" not in cluster.answers
+    # Check-quorum: the leader, hearing no majority, stepped down in its term
+    # (the two left cannot win a pre-vote) and told the client to retry.
+    assert (leader.role, leader.current_term) == (raft.Role.FOLLOWER, term)
+    assert cluster.answers["r"]["error"] == "not_leader", cluster.answers["r"]
 
 
 # -- the checker has teeth: break a rule, and it is caught ---------------------------------------
@@ -438,7 +447,11 @@ def test_the_checker_catches_a_second_vote_in_one_term(monkeypatch):
 def test_the_checker_catches_two_leaders_in_one_term(monkeypatch):
     """A candidate that counts refusals as votes ([CAN-2] broken) lets two
     candidates win the same term: Election Safety fails."""
+    original = raft.RaftNode.handle_request_vote_reply
+
     def count_every_reply(self, reply):
+        if reply.pre_vote:                  # pre-votes (§9.6) are counted as before
+            return original(self, reply)
         if self.role is raft.Role.CANDIDATE and reply.term == self.current_term:
             self.votes.add(reply.voter_id)
             self.count_votes()

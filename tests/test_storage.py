@@ -412,8 +412,14 @@ def test_a_torn_tail_is_cut_off_durably(open_storage, data_dir, fsyncs):
 
 # -- a RaftNode restarted on the same directory ------------------------------------------
 
-def make_node(storage, node_id="n1"):
-    return raft.RaftNode(node_id, MEMBERS, storage, kv.KeyValueStore(), random.Random(1))
+def make_node(storage, node_id="n1", config=raft.Config()):
+    return raft.RaftNode(node_id, MEMBERS, storage, kv.KeyValueStore(), random.Random(1),
+                         config=config)
+
+
+# Figure 2 alone: no pre-vote or leader lease, so a vote request right after a
+# leader's AppendEntries is answered, as in the paper's rules.
+BASELINE = raft.Config(pre_vote=False, check_quorum=False)
 
 
 def cycle(node, sent):
@@ -423,7 +429,7 @@ def cycle(node, sent):
 
 def test_a_restarted_node_resumes_term_vote_and_log_and_keeps_its_vote(open_storage):
     storage = open_storage()
-    node = make_node(storage)
+    node = make_node(storage, config=BASELINE)   # Figure 2 alone: vote persistence
     sent = []
     old = entries(2, 2, 2)
     node.step(raft.AppendEntries(2, "n2", 0, 0, tuple(old), leader_commit=1))
@@ -436,7 +442,7 @@ def test_a_restarted_node_resumes_term_vote_and_log_and_keeps_its_vote(open_stor
     assert (node.current_term, node.voted_for, node.log.entries) == (3, "n3", [old[0], new])
     storage.close()                    # the process stops
 
-    restarted = make_node(open_storage())
+    restarted = make_node(open_storage(), config=BASELINE)
 
     assert (restarted.current_term, restarted.voted_for, restarted.log.entries) == \
         (3, "n3", [old[0], new])
@@ -485,9 +491,15 @@ def test_every_message_leaves_after_its_state_is_synced():
     run(lambda: node.step(raft.AppendEntries(2, "n2", 3, 2, tuple(entries(2, 2, 2, 2)[3:]), 3)),
         lambda: node.step(raft.AppendEntries(2, "n2", 4, 2, tuple(entries(2, 2, 2, 2, 2)[4:]), 3)))
     assert storage.sync_count == syncs + 1
-    # As a candidate, then leader of term 3, with client commands.
-    while node.role is not raft.Role.CANDIDATE:
+    # Its timer runs out: first a pre-vote round (§9.6, on by default), then,
+    # with n2's pre-vote, a candidate, then leader of term 3, with client commands.
+    for _ in range(node.config.election_timeout_ticks[1]):
         run(node.tick)
+        if any(isinstance(m, raft.RequestVote) and m.pre_vote for m, *_ in seen):
+            break
+    assert node.role is raft.Role.FOLLOWER and node.current_term == 2, "a pre-vote raises nothing"
+    run(lambda: node.step(raft.RequestVoteReply(3, True, "n2", node.id, pre_vote=True)))
+    assert node.role is raft.Role.CANDIDATE
     run(lambda: node.step(raft.RequestVoteReply(3, True, "n2", node.id)))
     assert node.role is raft.Role.LEADER
     run(lambda: node.propose("r1", "e", 1, ["incr", "k", 1]),   # "c" is the preloaded log's client
@@ -497,8 +509,13 @@ def test_every_message_leaves_after_its_state_is_synced():
 
     kinds = [type(message).__name__ for message, *_ in seen]
     assert {"RequestVote", "RequestVoteReply", "AppendEntries", "AppendEntriesReply"} <= set(kinds)
+    assert any(isinstance(m, raft.RequestVote) and m.pre_vote for m, *_ in seen)
     for message, pending, term, voted_for, stored in seen:
         assert pending == [], f"{message} sent with unsynced writes {pending}"
+        if isinstance(message, raft.RequestVote) and message.pre_vote:
+            # A pre-vote proposes term + 1 and records nothing (§9.6).
+            assert (term, voted_for) == (message.term - 1, "n2")
+            continue
         assert term == message.term
         if isinstance(message, raft.RequestVote):
             assert voted_for == node.id
