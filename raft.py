@@ -1045,6 +1045,7 @@ class RaftNode:
         self.leader_id: str | None = None
         self.votes: set[str] = set()
         self.pre_votes: set[str] | None = None   # a pre-vote under way (§9.6)
+        self.pre_vote_rounds = 0                 # pre-votes in a row that found no majority
         self.ticks = 0                           # this node's clock, in ticks
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -1268,13 +1269,18 @@ class RaftNode:
                                   f"back to follower, to ask for pre-votes first")
             self.role = Role.FOLLOWER
         self.leader_id = None
+        self.pre_vote_rounds = (self.pre_vote_rounds + 1) if self.pre_votes else 1
         self.pre_votes = {self.id}
         self.election_elapsed = 0
         self.election_timeout = self.random_election_timeout()
-        if self.explaining:
+        rounds = self.pre_vote_rounds
+        if self.explaining and (rounds < 3 or rounds in (10, 100) or rounds % 1000 == 0):
+            # A cut-off server asks again at every timeout: say so now and
+            # then, not several times a second.
+            again = f" (round {rounds} in a row)" if rounds > 1 else ""
             self.explain("§9.6", f"heard no leader for its timeout: asks for pre-votes for "
                                  f"term {self.current_term + 1} (its term stays "
-                                 f"{self.current_term})")
+                                 f"{self.current_term}){again}")
         for peer in self.members:
             if peer != self.id:
                 self.send(peer, RequestVote(self.current_term + 1, self.id,
