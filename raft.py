@@ -1159,7 +1159,10 @@ class RaftNode:
         # never stands (see may_stand_for_election).
         if self.election_elapsed >= self.election_timeout:
             if not self.may_stand_for_election():
-                self.election_elapsed = 0
+                # It waits on, but no longer hears a leader: pre-votes from
+                # the voters that need it get an answer (seed 1789: a learner
+                # whose timer was 15 ticks kept "hearing" a leader forever).
+                self.leader_id, self.election_elapsed = None, 0
             elif self.config.pre_vote:
                 self.start_pre_vote()
             else:
@@ -1939,7 +1942,8 @@ class RaftNode:
             request_id, action, server, asked = change
             if (self.gives_up_adding(request_id, action, server, asked)
                     or self.try_membership_change(request_id, action, server)):
-                self.pending_changes.remove(change)
+                # Giving up on an add may already have dropped it (drop_pending_adds).
+                self.pending_changes = [c for c in self.pending_changes if c != change]
 
     def gives_up_adding(self, request_id, action: str, server: str, asked: int) -> bool:
         """§4.2.1: a server that does not catch up in time (down, or a typo)

@@ -741,7 +741,26 @@ def test_4_2_1_a_learner_never_stands_for_election():
     before = full_state(node)
     for _ in range(3):
         assert tick(node, node.election_timeout) == ([], [])
-    assert full_state(node) == before
+    assert full_state(node) == {**before, "leader_id": None}   # it no longer hears one
+
+
+def test_4_2_1_a_learner_that_stops_hearing_the_leader_answers_pre_votes_again():
+    """[§4.2.1] with [§9.6]: a learner never campaigns, but after a timeout
+    without its leader it no longer claims to hear one. The voter that the
+    leader's newer configuration made of it may be needed by the other voter
+    (seed 1789: a learner whose timer was the minimum refused every pre-vote
+    forever, and the two-voter cluster never elected a leader)."""
+    config = dataclasses.replace(BOTH, election_timeout_ticks=(10, 10))
+    node = make_node("n2", term=1, log=[config_entry(1, ["n1"], ["n2"])], members=[],
+                     config=config)
+    step(node, heartbeat(1, "n1", 1, 1, leader_commit=1))
+    assert (node.members, node.learners, node.leader_id) == (["n1"], ["n2"], "n1")
+    tick(node, 10)
+    assert node.leader_id is None and node.role is Role.FOLLOWER
+    sent, answers = step(node, RequestVote(2, "n1", 2, 1, pre_vote=True))
+    assert (sent, answers) == ([("n1", RequestVoteReply(2, True, "n2", "n1", pre_vote=True))],
+                               [])
+    assert node.current_term == 1
 
 
 def test_4_2_1_a_learner_caught_up_within_an_election_timeout_is_promoted():
@@ -790,6 +809,26 @@ def test_4_2_1_add_is_answered_only_when_the_voter_configuration_commits():
     assert step(node, AppendEntriesReply(2, True, "n2", match_index=3))[1] == []   # 2 of 4
     assert step(node, AppendEntriesReply(2, True, "n4", match_index=3))[1] == [
         ("a", {"ok": True, "result": None})]
+
+
+def test_4_2_1_an_add_whose_server_never_answers_fails_and_the_learner_is_dropped():
+    """[§4.2.1] n4 is down or a typo: after ADD_PATIENCE election timeouts
+    the add fails with an error naming it, and since n4 never answered at
+    all, a configuration without the learner is appended. The node keeps
+    running (seeds 170 and 278 once crashed here: dropping the add twice)."""
+    node = make_leader(term=2, acked=["n2", "n3"])
+    node.change_membership("a", "add", "n4")
+    cycle(node)
+    step(node, AppendEntriesReply(2, True, "n2", match_index=2))   # learner config commits
+    assert node.learners == ["n4"]
+    answers = run_ticks(node, raft.ADD_PATIENCE * CONFIG.election_timeout_ticks[1] - 1)
+    assert answers == []
+    node.tick()
+    assert cycle(node)[1] == [("a", {"ok": False, "error": (
+        "n4 did not catch up within 10 election timeouts: is it running, and does it "
+        "reach the leader?")})]
+    assert node.pending_changes == [] and node.learners == []
+    assert node.log.entry(node.log.last_index) == config_entry(2, MEMBERS)
 
 
 def test_4_1_remove_is_answered_when_its_configuration_commits():

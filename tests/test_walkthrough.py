@@ -38,6 +38,12 @@ How the replay copes with what legitimately varies between runs:
     in the doc must be so in the real table ("it has caught up", "its log is
     longer than its commit index"). status is re-run until it matches, with
     a deadline, since an election takes a moment.
+  * Terms in answers. A term in prompt output, `(term 2)` as in `ask`'s "not
+    the leader (term 2)", is a number the run decides, like a status table's
+    terms. Each status table the replay has matched pairs the doc's terms
+    with the real ones (doc term 2 is real term 3 if a split vote cost one),
+    and a `(term N)` is translated through those pairs, as ports are, then
+    compared exactly; a term no table has shown must match as it is.
   * Explain lines (`  8001 commits up to ...`) and notices (`* ...`) arrive
     on other threads, in any order. Each one the doc shows must arrive
     after its command is sent, within a deadline, in shape: numbers and
@@ -329,20 +335,44 @@ def is_file_command(step: Step) -> bool:
 
 
 def check_step(step: Step, main: list[str], events: list[str],
-               mapping: dict[int, int]) -> list[str]:
+               mapping: dict[int, int], terms: dict[int, int] | None = None) -> list[str]:
     """What differs between the doc and a real run of step under mapping
-    (doc port -> real port); empty if they agree."""
-    return check_main(step, main, mapping) + check_events(step, events, mapping)
+    (doc port -> real port) and terms (doc term -> real term, from the status
+    tables matched so far); empty if they agree."""
+    return check_main(step, main, mapping, terms) + check_events(step, events, mapping)
 
 
-def check_main(step: Step, main: list[str], mapping: dict[int, int]) -> list[str]:
+def check_main(step: Step, main: list[str], mapping: dict[int, int],
+               terms: dict[int, int] | None = None) -> list[str]:
     expected = split_output(step.expected)[0]
     if is_status(step):
         return compare_table(expected, main, mapping)
     if is_file_command(step):
         own = doc_port_pattern().search(step.command)
         return compare_file(expected, main, mapping, int(own.group(1)) if own else None)
-    return compare_exact(expected, main, mapping)
+    return compare_exact([in_terms(line, terms or {}) for line in expected], main, mapping)
+
+
+TERM_IN_ANSWER = re.compile(r"\(term (\d+)\)")
+
+
+def in_terms(line: str, terms: dict[int, int]) -> str:
+    """A doc line with each `(term N)` replaced by the real term that status
+    tables have paired with N (unchanged if none has)."""
+    return TERM_IN_ANSWER.sub(
+        lambda m: f"(term {terms.get(int(m.group(1)), int(m.group(1)))})", line)
+
+
+def term_pairs(doc_table: list[str], real_table: list[str],
+               mapping: dict[int, int]) -> dict[int, int]:
+    """doc term -> real term, cell by cell, of two status tables that agree."""
+    doc, real = parse_table(doc_table), parse_table(real_table)
+    if isinstance(doc, str) or isinstance(real, str):
+        return {}
+    return {int(row["term"]): int(real[1][mapping[port]]["term"])
+            for port, row in doc[1].items()
+            if row.get("term") and mapping[port] in real[1]
+            and real[1][mapping[port]].get("term")}
 
 
 def check_events(step: Step, events: list[str], mapping: dict[int, int]) -> list[str]:
@@ -585,6 +615,7 @@ class Replay:
         self.nodes: dict[int, PromptProcess] = {}
         self.pending: list[Step] = []          # node terminals, checked once all are up
         self.alike: list[frozenset[int]] = []  # doc port pairs, equal rows in the last status
+        self.terms: dict[int, int] = {}        # doc term -> real term, from status tables
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     # -- ports ------------------------------------------------------------------
@@ -623,16 +654,18 @@ class Replay:
         """outputs(mapping) -> (main, events). Keep the mappings under which
         the step's output agrees with the doc; fail if none does. Two alike
         nodes are alike now, not in their pasts: no swap to read a file."""
-        passing = self.consistent(lambda m: not check_step(step, *outputs(m), m),
+        passing = self.consistent(lambda m: not check_step(step, *outputs(m), m, self.terms),
                                   may_swap=not is_file_command(step))
         if not passing:
             mapping = self.candidates[0]
             main, events = outputs(mapping)
             pytest.fail(failure_report(step, main, events, mapping,
-                                       check_step(step, main, events, mapping)))
+                                       check_step(step, main, events, mapping, self.terms)))
         self.candidates = passing
         if is_status(step):
             self.alike = alike_pairs(step)
+            self.terms.update(term_pairs(split_output(step.expected)[0],
+                                         outputs(passing[0])[0], passing[0]))
 
     # -- steps ------------------------------------------------------------------
     def run(self, steps: list[Step]) -> None:
@@ -698,7 +731,8 @@ class Replay:
             return lambda m: split_output(self.nodes[m[int(step.command.split()[2])]].since(0))
         deadline = time.monotonic() + RETRY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if any(all(not check_step(step, *outputs_for(step)(m), m) for step in self.pending)
+            if any(all(not check_step(step, *outputs_for(step)(m), m, self.terms)
+                       for step in self.pending)
                    for m in self.candidates):
                 break
             time.sleep(POLL_S)
@@ -714,7 +748,7 @@ class Replay:
         deadline = time.monotonic() + RETRY_TIMEOUT_S
         while True:
             main, _ = split_output(prompt.execute(real_command))
-            passing = self.consistent(lambda m: not check_main(step, main, m))
+            passing = self.consistent(lambda m: not check_main(step, main, m, self.terms))
             if passing or not is_status(step) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)            # an election or a catch-up still under way
@@ -1080,3 +1114,32 @@ def test_engine_never_swaps_a_node_a_command_has_named_alone(tmp_path):
     assert replay.alike == [frozenset({8001, 8002})]        # the same cut either way
     assert replay.translate("ask 8002 get y") == "ask 9002 get y"
     assert replay.alike == []
+
+
+def test_engine_translates_a_term_in_an_answer_through_the_status_tables(tmp_path):
+    status = Step("lab", 1, "demo", "status", [
+        "node   role        term  leader    log  commit  applied  network",
+        "8000   leader         2  8000        6       6        6  ok",
+        "8001   follower       2  8000        6       6        6  ok",
+        "8002   follower       1  -           4       4        4  ok"])
+    table = ["node   role        term  leader    log  commit  applied  network",
+             "9001   leader         3  9001        6       6        6  ok",
+             "9000   follower       3  9001        6       6        6  ok",
+             "9002   follower       1  -           4       4        4  ok"]
+    ask = Step("lab", 2, "demo", "ask 8000 set y 1",
+               ["8000: not the leader (term 2); it knows no leader"])
+    real = ["9001: not the leader (term 3); it knows no leader"]
+    replay = Replay(spawn=None, cwd=tmp_path)
+    replay.candidates = [MAPPING]
+    assert check_step(ask, real, [], MAPPING)                 # no table seen: as it is
+    replay.settle(status, lambda m: (table, []))
+    assert replay.terms == {2: 3, 1: 1}
+    replay.settle(ask, lambda m: (real, []))                  # doc term 2 is real term 3
+    for wrong in ("(term 2)", "(term 4)", "(term 1)"):
+        with pytest.raises(pytest.fail.Exception, match="no longer prints"):
+            replay.settle(ask, lambda m: ([real[0].replace("(term 3)", wrong)], []))
+    unseen = Step("lab", 3, "demo", "ask 8000 set y 1",
+                  ["8000: not the leader (term 7); it knows no leader"])
+    assert check_step(unseen, [real[0].replace("(term 3)", "(term 7)")], [], MAPPING,
+                      replay.terms) == []
+    assert check_step(unseen, real, [], MAPPING, replay.terms)
