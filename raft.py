@@ -1293,16 +1293,20 @@ class RaftNode:
 
     def count_pre_votes(self) -> None:
         if self.pre_votes is not None and self.has_quorum(self.pre_votes):
-            self.pre_votes = None
-            self.start_election()
+            granted, self.pre_votes = self.pre_votes, None
+            self.start_election(pre_votes=granted)
 
-    def start_election(self, transfer: bool = False) -> None:
+    def start_election(self, transfer: bool = False, pre_votes: set | None = None) -> None:
         # [CAN-1] increment the term, vote for ourselves, reset the election
         # timer, and ask every other server for its vote. The vote for
         # ourselves is persisted before any RequestVote leaves (see [PERSIST]).
-        why = ("the leader hands leadership over (TimeoutNow)" if transfer else
-               f"heard no leader for {self.election_elapsed} ticks (its timeout)"
-               if not self.config.pre_vote else "a majority would vote for it (pre-vote)")
+        if transfer:
+            why = "gets TimeoutNow (the leader hands leadership over to it)"
+        elif pre_votes is not None:
+            why = (f"has pre-votes from {', '.join(sorted(pre_votes))}, a majority of "
+                   f"{len(self.members)}")
+        else:
+            why = f"heard no leader for {self.election_elapsed} ticks (its timeout)"
         self.explain("FOL-2" if self.role is Role.FOLLOWER else "CAN-4",
                      f"{why}: stands for election in term {self.current_term + 1}")
         self.role = Role.CANDIDATE
@@ -2107,8 +2111,8 @@ class RaftNode:
         if not transfer.sent and self.match_index.get(transfer.target) == self.log.last_index:
             self.send(transfer.target, TimeoutNow(self.current_term, self.id))
             transfer.sent = True
-            self.explain("§3.10", f"{transfer.target} has all {self.log.last_index} entries: "
-                                  f"sends it TimeoutNow")
+            self.explain("§3.10", f"sends TimeoutNow to {transfer.target}, which has all "
+                                  f"{self.log.last_index} entries")
             for request_id in transfer.request_ids:
                 self.answer(request_id, {"ok": True, "result": transfer.target})
             transfer.request_ids = []
@@ -2548,14 +2552,15 @@ class NodeServer:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> "NodeServer":
+        # Said before the threads run, so it is the node log's first line.
+        self.logger.info("started: members %s, last log index %d, term %d",
+                         ", ".join(self.node.members),
+                         self.node.log.last_index, self.node.current_term)
         for target, name in ((self.receive_forever, "receiver"),
                              (self.own_forever, "owner")):
             thread = threading.Thread(target=target, name=f"{self.id} {name}", daemon=True)
             thread.start()
             self.threads.append(thread)
-        self.logger.info("started: members %s, last log index %d, term %d",
-                         ", ".join(self.node.members),
-                         self.node.log.last_index, self.node.current_term)
         return self
 
     def hand_over_leadership(self) -> str | None:
@@ -3103,8 +3108,9 @@ class RaftClient:
             if self.leader is None:
                 rotation += 1
                 term = reply.get("term")
-                last_trouble = self.retrying(last_trouble, "no leader yet: an election is "
-                                             "under way" + (f" in term {term}" if term else ""))
+                last_trouble = self.retrying(last_trouble, (
+                    f"{target} knows no leader" + (f" in term {term}" if term else "")
+                    + " (an election is under way, or it is cut off)"))
                 time.sleep(0.02)                     # let the election finish
         raise ClusterUnavailable(f"no leader answered within {self.timeout}s "
                                  f"({last_trouble}); the outcome is unknown")

@@ -477,7 +477,7 @@ def test_transfer_then_sigterm_of_the_leader_hands_over_and_no_request_fails(mak
         assert cluster.processes[chosen].wait(timeout=5) == 0
         node_log = (cluster.data_dir(chosen) / "node.log").read_text(errors="replace")
         assert "stopping: hands leadership over first" in node_log, cluster.evidence([chosen])
-        assert "sends it TimeoutNow" in node_log.split("stopping: hands leadership")[-1]
+        assert "sends TimeoutNow to" in node_log.split("stopping: hands leadership")[-1]
 
         load.wait_for_progress(10)
         successor_port = cluster.port_of(successor["id"])
