@@ -17,7 +17,9 @@ The chaos runs until at least MIN_DELIVERED messages have been delivered.
 sim.py checks Raft's safety properties (paper Figure 3, durable vote, commit
 index) after every delivered message. Then the faults stop: everything
 restarts and heals, and LIVENESS holds if, within CALM_TICKS, a leader is
-elected and every client's request is answered. Last, the whole client
+elected and every client's request is answered, and the logs then converge
+(CALM_TICKS more, plus CATCH_UP_TICKS_PER_ENTRY for each entry a member is
+behind). Last, the whole client
 history must be linearizable (tests/linearizability.py), and every node must
 hold the same log and state.
 
@@ -41,6 +43,12 @@ from test_simulation import step_clients, why
 MIN_DELIVERED = 2000
 MAX_CHAOS_TICKS = 50_000     # a guard against a run that never gets there
 CALM_TICKS = 1500
+# Catching up moves at least one entry per round trip (one AppendEntries in
+# flight per follower, at least one entry in each, calm delays of 1-2 ticks
+# each way, a cycle to answer): the budget to converge grows by this much per
+# entry a member is behind. A learner thousands of entries behind, fed 300
+# bytes at a time, needs more than CALM_TICKS (seed 2711).
+CATCH_UP_TICKS_PER_ENTRY = 5
 KEYS = ["x", "y", "z"]
 GIVE_UP_TICKS = 150            # a client's "timeout": the outcome is then unknown
 CHECKER_STEPS = 2_000_000      # per key; beyond it the checker gives up, loudly
@@ -199,8 +207,13 @@ def calm_down(cluster, clients, seed):
         raise AssertionError(why(cluster, f"LIVENESS: {CALM_TICKS} ticks after the faults "
                                           f"stopped, leader {current_leader(cluster)}, clients "
                                           f"still waiting on {[c.op for c in clients if c.busy]}"))
-    assert cluster.run_until(lambda: converged(cluster), CALM_TICKS), \
-        why(cluster, "LIVENESS: the logs did not converge after the faults stopped")
+    leader = current_leader(cluster)
+    behind = max(leader.log.last_index - node.log.last_index
+                 for node in members_of(cluster, leader))
+    budget = CALM_TICKS + CATCH_UP_TICKS_PER_ENTRY * behind
+    assert cluster.run_until(lambda: converged(cluster), budget), \
+        why(cluster, f"LIVENESS: the logs did not converge within {budget} ticks after "
+                     f"the faults stopped ({behind} entries behind at first)")
 
 
 def history_of(cluster, clients):
