@@ -2577,9 +2577,12 @@ class NodeServer:
             self.logger.info("stopping: hands leadership over first")
             self.call(lambda node: node.transfer_leadership(("local", "transfer"), None))
             while time.monotonic() < deadline:
-                role, leader = self.call(lambda node: (node.role, node.leader_id))
+                role, leader, handing_over = self.call(
+                    lambda node: (node.role, node.leader_id, node.transfer is not None))
                 if role is not Role.LEADER and leader is not None:
                     return leader              # the new leader's first heartbeat came
+                if role is Role.LEADER and not handing_over:
+                    return None                # refused or given up: no one to hand to
                 time.sleep(0.01)
         except TimeoutError:
             pass
