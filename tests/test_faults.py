@@ -19,9 +19,8 @@ index) after every delivered message. Then the faults stop: everything
 restarts and heals, and LIVENESS holds if, within CALM_TICKS, a leader is
 elected and every client's request is answered, and the logs then converge
 (CALM_TICKS more, plus CATCH_UP_TICKS_PER_ENTRY for each entry a member is
-behind). Last, the whole client
-history must be linearizable (tests/linearizability.py), and every node must
-hold the same log and state.
+behind). Last, the whole client history must be linearizable
+(tests/linearizability.py), and every node must hold the same log and state.
 
 Seeds: RAFT_SIM_SEEDS (how many, default 300), RAFT_SIM_FIRST_SEED (default
 0), or RAFT_SIM_SEED to run one. A failure prints the seed and its rerun
